@@ -1,0 +1,38 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both create or refresh .venv idempotently: torch==2.13.0 first (a CPU build on a CPU
+# machine; a loose `torch` with nothing installed would pull a multi-GB CUDA build), then
+# the package, whose looser torch requirement is then already satisfied.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint format install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ctrlgan sample digits --class 0-9 --n 8 --seed 0 -o demo/digits_grid.png
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ctrlgan tests benchmarks
+	$(VENV)/bin/ruff format --check ctrlgan tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format ctrlgan tests benchmarks
+	$(VENV)/bin/ruff check --fix ctrlgan tests benchmarks
+
+test: lint
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info

@@ -1,0 +1,250 @@
+"""The model artifact: a directory that training writes and export and the runtime read.
+
+    manifest.json           format version, z_dim, classes, image shape and value range,
+                            embedding kind, generator architecture, direction names,
+                            provenance (data set, command, steps, seed, metrics), and the
+                            sha256 of every other file
+    generator.safetensors   generator weights, eval-ready (BatchNorm statistics included)
+    directions.safetensors  direction table (written by `ctrlgan directions`)
+    generator.onnx          the exported graph (written by `ctrlgan export`)
+
+Writes are atomic: the new directory is assembled beside the target and renamed into place,
+so a reader sees the old artifact or the new one, never a mix. Reads verify the format
+version and every checksum first and raise ArtifactError naming the file on any mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from ctrlgan.errors import ArtifactError, InvalidRequest
+from ctrlgan.network import ConditionalGenerator, GeneratorConfig
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GENERATOR_WEIGHTS = "generator.safetensors"
+BUNDLED_DIR = Path(__file__).parent / "models"
+
+
+@dataclass
+class Manifest:
+    z_dim: int
+    classes: list[str]
+    image_shape: list[int]  # [C, H, W]
+    generator: dict  # GeneratorConfig fields
+    embedding: str = "onehot"
+    value_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
+    directions: list[str] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, path: str = MANIFEST) -> Manifest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArtifactError(path, f"not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ArtifactError(path, "must hold a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArtifactError(
+                path, f"format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+            )
+        names = {f.name for f in fields(cls)}
+        required = ("z_dim", "classes", "image_shape", "generator")
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise ArtifactError(path, f"missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ArtifactError(path, f"unknown field(s) {', '.join(unknown)}")
+        manifest = cls(**data)
+        manifest._check(path)
+        return manifest
+
+    def _check(self, path: str) -> None:
+        try:
+            config = GeneratorConfig.from_dict(self.generator)
+        except (TypeError, ValueError) as e:
+            raise ArtifactError(path, f"generator: {e}") from None
+        expected = [config.channels, config.image_size, config.image_size]
+        if list(self.image_shape) != expected:
+            raise ArtifactError(path, f"image_shape {self.image_shape} != generator's {expected}")
+        if self.z_dim != config.z_dim or len(self.classes) != config.n_classes:
+            raise ArtifactError(path, "z_dim or classes disagree with the generator config")
+        if self.embedding != config.embedding:
+            raise ArtifactError(path, "embedding disagrees with the generator config")
+        if not all(isinstance(v, str) and len(v) == 64 for v in self.files.values()):
+            raise ArtifactError(path, "files must map file names to sha256 hex digests")
+
+    @property
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig.from_dict(self.generator)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A model name or path -> the artifact directory; bundled names: see bundled_models()."""
+    path = Path(name_or_path)
+    if (path / MANIFEST).is_file():
+        return path
+    bundled = BUNDLED_DIR / str(name_or_path)
+    if "/" not in str(name_or_path) and (bundled / MANIFEST).is_file():
+        return bundled
+    if path.exists():
+        raise ArtifactError(str(path), f"no {MANIFEST} here: not a ctrlgan model artifact")
+    raise InvalidRequest(
+        "model",
+        f"{str(name_or_path)!r} is neither a model directory nor a bundled model "
+        f"({', '.join(bundled_models()) or 'none installed'})",
+    )
+
+
+def bundled_models() -> list[str]:
+    return sorted(p.parent.name for p in BUNDLED_DIR.glob(f"*/{MANIFEST}"))
+
+
+class Artifact:
+    """A verified model artifact on disk. Use ``Artifact.open(name_or_path)``."""
+
+    def __init__(self, path: Path, manifest: Manifest):
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, name_or_path: str | os.PathLike, verify: bool = True) -> Artifact:
+        path = resolve(name_or_path)
+        try:
+            text = (path / MANIFEST).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ArtifactError(str(path / MANIFEST), f"cannot be read ({e})") from None
+        manifest = Manifest.from_json(text, str(path / MANIFEST))
+        if GENERATOR_WEIGHTS not in manifest.files:
+            raise ArtifactError(str(path / MANIFEST), f"lists no {GENERATOR_WEIGHTS}")
+        artifact = cls(path, manifest)
+        if verify:
+            artifact.verify()
+        return artifact
+
+    def verify(self) -> None:
+        """Check that every file the manifest lists exists and has its recorded sha256."""
+        for name, digest in sorted(self.manifest.files.items()):
+            file = self.path / name
+            if Path(name).name != name:
+                raise ArtifactError(str(self.path / MANIFEST), f"bad file name {name!r}")
+            if not file.is_file():
+                raise ArtifactError(str(file), "missing (listed in the manifest)")
+            if sha256_file(file) != digest:
+                raise ArtifactError(
+                    str(file), "checksum mismatch: the file was modified or truncated"
+                )
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest.files:
+            raise ArtifactError(str(self.path / name), "not part of this artifact")
+        return self.path / name
+
+    def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(self.file(name))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ArtifactError(str(self.path / name), f"unreadable safetensors ({e})") from None
+
+    def build_generator(self) -> ConditionalGenerator:
+        """The generator module in eval mode, weights loaded and checked against the config."""
+        generator = ConditionalGenerator(self.manifest.generator_config)
+        state = self.load_tensors(GENERATOR_WEIGHTS)
+        try:
+            generator.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            lines = str(e).strip().splitlines()
+            detail = lines[1].strip() if len(lines) > 1 else lines[0]
+            raise ArtifactError(
+                str(self.path / GENERATOR_WEIGHTS),
+                f"weights do not match the manifest's generator ({detail})",
+            ) from None
+        return generator.eval()
+
+
+def write_artifact(
+    path: str | os.PathLike,
+    manifest: Manifest,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    files: dict[str, bytes] | None = None,
+    keep: bool = True,
+) -> Artifact:
+    """Write an artifact directory atomically.
+
+    ``tensors`` maps safetensors file names to state dicts and ``files`` other file names to
+    bytes. With ``keep``, files of an existing artifact at ``path`` that the manifest lists and
+    this call does not replace are carried over (so adding directions keeps the ONNX graph).
+    The manifest's ``files`` is recomputed from what is written.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvalidRequest("out", f"directory {str(parent)!r} does not exist")
+    if path.exists() and not (path / MANIFEST).is_file() and any(path.iterdir()):
+        raise InvalidRequest("out", f"{str(path)!r} exists and is not a model artifact")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise InvalidRequest("out", f"cannot write to {str(parent)!r} ({e.strerror})") from None
+    try:
+        written: dict[str, str] = {}
+        for name, state in tensors.items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / name)
+            written[name] = sha256_file(tmp / name)
+        for name, data in (files or {}).items():
+            (tmp / name).write_bytes(data)
+            written[name] = sha256_file(tmp / name)
+        if keep and (path / MANIFEST).is_file():
+            old = Artifact.open(path)
+            for name, digest in old.manifest.files.items():
+                if name not in written and name in manifest.files:
+                    shutil.copy2(path / name, tmp / name)
+                    written[name] = digest
+        manifest.files = dict(sorted(written.items()))
+        manifest._check(str(tmp / MANIFEST))
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Artifact.open(path)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Replace directory ``path`` by ``tmp`` with renames (the old one is removed last)."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,325 @@
+"""The `ctrlgan` command: train | sample | info.
+
+User mistakes print one line on stderr and exit with status 2; Ctrl-C during training saves a
+checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ctrlgan import __version__
+from ctrlgan.errors import CtrlganError, InvalidRequest
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (and still exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_list(text: str, field: str) -> list[int]:
+    """'3', '0-9', '1,4,7' or '0-3,8' -> a list of ints."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep:
+                first, last = int(lo), int(hi)
+                if last < first:
+                    raise ValueError
+                out.extend(range(first, last + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InvalidRequest(field, f"expected N, N-M or a comma list, got {text!r}") from None
+    return out
+
+
+def parse_class_spec(text: str, names: list[str]) -> list[int]:
+    """--class: 'all', indices and ranges ('3', '0-9', '1,4'), or class names ('heart,square')."""
+    if text == "all":
+        return list(range(len(names)))
+    result = []
+    for part in text.split(","):
+        part = part.strip()
+        if part in names:
+            result.append(names.index(part))
+        else:
+            for c in _int_list(part, "class"):
+                if not 0 <= c < len(names):
+                    raise InvalidRequest(
+                        "class",
+                        f"{c} out of range 0..{len(names) - 1} (classes: {', '.join(names)})",
+                    )
+                result.append(c)
+    return result
+
+
+def parse_steer(items: list[str]) -> dict[str, float]:
+    steer = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            steer[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise InvalidRequest("steer", f"expected name=alpha, got {item!r}")
+    return steer
+
+
+# Commands --------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ctrlgan.training.train import TrainConfig, TrainingInterrupted, train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(
+        **{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__},
+        command=shlex.join(["ctrlgan", *args.argv]),
+    )
+    try:
+        result = train(config, progress=not args.quiet)
+    except TrainingInterrupted as e:
+        print(f"ctrlgan: {e}", file=sys.stderr)
+        return 130
+    print(f"model written to {result.artifact.path} ({result.steps} steps, {result.seconds:.0f} s)")
+    for name, value in result.metrics.items():
+        print(f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import ctrlgan
+
+    g = ctrlgan.load(args.model, backend=args.backend)
+    classes = parse_class_spec(args.cls, g.classes)
+    if args.n < 1:
+        raise InvalidRequest("n", f"must be >= 1, got {args.n}")
+    if args.scale < 1:
+        raise InvalidRequest("scale", f"must be >= 1, got {args.scale}")
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise InvalidRequest("output", f"must be a .png file, got {str(out)!r}")
+    # A class-by-seed grid: one row per class, the same n seeds in every row.
+    seeds = np.tile(np.arange(args.n, dtype=np.uint64) + np.uint64(args.seed), len(classes))
+    rows = np.repeat(classes, args.n).tolist()
+    x = g.sample(
+        rows,
+        seeds.tolist(),
+        steer=parse_steer(args.steer),
+        truncation=args.truncation,
+    )
+    nrow = args.n if len(classes) > 1 else min(args.n, 8)
+    ctrlgan.save_grid(x, out, nrow=nrow, scale=args.scale)
+    names = ", ".join(g.classes[c] for c in classes)
+    print(f"wrote {out} ({len(classes)} class(es) [{names}] x {args.n} seed(s) from {args.seed})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ctrlgan.artifact import Artifact
+
+    artifact = Artifact.open(args.model)
+    m = artifact.manifest
+    if args.json:
+        print(m.to_json(), end="")
+        return 0
+    p = m.provenance
+    print(f"model        {artifact.path}")
+    print(f"classes      {len(m.classes)}: {', '.join(m.classes)}")
+    print(f"image        {'x'.join(map(str, m.image_shape))} (C x H x W) in {m.value_range}")
+    print(f"z_dim        {m.z_dim}   embedding {m.embedding}")
+    print(f"directions   {', '.join(m.directions) or 'none'}")
+    print(f"trained on   {p.get('dataset', '?')} ({p.get('n_images', '?')} images)")
+    print(f"steps        {p.get('steps', '?')}   seed {p.get('seed', '?')}")
+    print(f"command      {p.get('command', '?')}")
+    for name, value in p.get("metrics", {}).items():
+        print(
+            f"metric       {name} = {value:.4f}"
+            if isinstance(value, float)
+            else f"metric       {name} = {value}"
+        )
+    for name, digest in m.files.items():
+        print(f"file         {name}  sha256 {digest[:16]}…  (verified)")
+    return 0
+
+
+# Parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ctrlgan.training.train import TrainConfig
+
+    d = TrainConfig()
+    parser = _Parser(prog="ctrlgan", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ctrlgan {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    t = sub.add_parser(
+        "train",
+        help="train a conditional GAN and write a model artifact",
+        description="Train a conditional GAN; writes OUT/model (the artifact), OUT/samples/*.png "
+        "(rows = classes) and OUT/checkpoint.safetensors (resume with --resume).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = t.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        default=d.data,
+        help="digits | shapes | an image folder (one sub-folder per class) | a .npz with "
+        "images and labels | a folder of MNIST IDX files",
+    )
+    data.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize images to this (16, 28, 32, 64); default: the data set's",
+    )
+    data.add_argument("--n-data", type=int, default=None, help="images to render (shapes only)")
+    net = t.add_argument_group("networks")
+    net.add_argument("--z-dim", type=int, default=d.z_dim, help="noise dimensions")
+    net.add_argument(
+        "--g-channels",
+        type=int,
+        default=d.g_channels,
+        help="generator width (channels of its last hidden block)",
+    )
+    net.add_argument(
+        "--d-channels",
+        type=int,
+        default=d.d_channels,
+        help="discriminator width (channels of its first block)",
+    )
+    net.add_argument(
+        "--embedding",
+        choices=["onehot", "learned"],
+        default=d.embedding,
+        help="class embedding fed to the generator",
+    )
+    net.add_argument(
+        "--embed-dim", type=int, default=d.embed_dim, help="width of a learned embedding"
+    )
+    net.add_argument(
+        "--discriminator",
+        choices=["concat", "projection"],
+        default=d.discriminator,
+        help="concat: one-hot class channels appended to the image; "
+        "projection: psi(phi(x)) + embed(y).phi(x)",
+    )
+    opt = t.add_argument_group("optimisation")
+    opt.add_argument(
+        "--loss",
+        choices=["bce", "wgan-gp"],
+        default=d.loss,
+        help="BCE, or W-loss with gradient penalty",
+    )
+    opt.add_argument("--steps", type=int, default=d.steps, help="generator steps")
+    opt.add_argument("--batch-size", type=int, default=d.batch_size, help="images per batch")
+    opt.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    opt.add_argument("--beta1", type=float, default=d.beta1, help="Adam beta1")
+    opt.add_argument("--beta2", type=float, default=d.beta2, help="Adam beta2")
+    opt.add_argument(
+        "--d-steps",
+        type=int,
+        default=d.d_steps,
+        help="discriminator steps per generator step (5 is usual for wgan-gp)",
+    )
+    opt.add_argument(
+        "--gp-weight", type=float, default=d.gp_weight, help="gradient penalty weight (wgan-gp)"
+    )
+    opt.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of initial weights, batches and noise"
+    )
+    run = t.add_argument_group("run")
+    run.add_argument("--out", default=d.out, help="run directory")
+    run.add_argument(
+        "--sample-every", type=int, default=d.sample_every, help="write a sample grid every N steps"
+    )
+    run.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every, help="checkpoint every N steps"
+    )
+    run.add_argument(
+        "--eval-per-class",
+        type=int,
+        default=d.eval_per_class,
+        help="samples per class for the final metrics (0: skip)",
+    )
+    run.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint.safetensors"
+    )
+    run.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "sample",
+        help="write a class-by-seed grid of samples",
+        description="Sample images and write a PNG grid: one row per class, "
+        "the same seeds in every row.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument(
+        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
+    )
+    s.add_argument(
+        "--class", dest="cls", default="all", help="classes: all, 3, 0-9, 1,4,7 or class names"
+    )
+    s.add_argument("--n", type=int, default=8, help="seeds (images) per class")
+    s.add_argument("--seed", type=int, default=0, help="first seed")
+    s.add_argument("--truncation", type=float, default=None, help="truncate noise to |z| <= T")
+    s.add_argument(
+        "--steer",
+        action="append",
+        default=[],
+        metavar="NAME=ALPHA",
+        help="move along a direction (repeatable)",
+    )
+    s.add_argument("--scale", type=int, default=4, help="enlarge pixels by this factor")
+    s.add_argument("--backend", default="auto", help="runtime backend")
+    s.add_argument("-o", "--output", default="samples.png", help="PNG file to write")
+    s.set_defaults(func=cmd_sample)
+
+    i = sub.add_parser("info", help="show a model artifact's manifest (verifies checksums)")
+    i.add_argument(
+        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
+    )
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except CtrlganError as e:
+        print(f"ctrlgan {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. an unwritable output path
+        print(f"ctrlgan {args.cmd}: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ctrlgan {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

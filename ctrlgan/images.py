@@ -1,0 +1,67 @@
+"""Image helpers shared by training and the runtime: value conversion and grids."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ctrlgan.errors import InvalidRequest
+
+
+def to_uint8(x) -> np.ndarray:
+    """Images in [-1, 1], NCHW (numpy or torch), to uint8 NHWC in [0, 255] (rounded, clipped)."""
+    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
+    if x.ndim != 4:
+        raise InvalidRequest("images", f"expected a batch [N, C, H, W], got shape {x.shape}")
+    x = np.clip((x + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def make_grid(x, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> np.ndarray:
+    """Tile images in [-1, 1], NCHW, into one uint8 HWC (or HW for one channel) array."""
+    images = to_uint8(x)
+    if nrow < 1:
+        raise InvalidRequest("nrow", f"must be >= 1, got {nrow}")
+    n, h, w, c = images.shape
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    grid = np.full(
+        (rows * (h + padding) + padding, cols * (w + padding) + padding, c),
+        pad_value,
+        dtype=np.uint8,
+    )
+    for i in range(n):
+        r, col = divmod(i, cols)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[top : top + h, left : left + w] = images[i]
+    return grid[:, :, 0] if c == 1 else grid
+
+
+def save_grid(x, path, nrow: int = 8, scale: int = 1, padding: int = 2) -> Path:
+    """Write images in [-1, 1], NCHW, as a PNG grid (``nrow`` per row); returns the path.
+
+    ``scale`` enlarges every pixel (nearest neighbour) so small images stay legible. The file
+    is written to a temporary name and renamed, so a failed write leaves nothing behind.
+    """
+    from PIL import Image
+
+    if scale < 1:
+        raise InvalidRequest("scale", f"must be >= 1, got {scale}")
+    grid = make_grid(x, nrow=nrow, padding=padding)
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InvalidRequest("output", f"directory {str(path.parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(grid).save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,1 @@
+"""Training stack: data sets, networks, losses, the training loop, directions and metrics."""

@@ -1,0 +1,363 @@
+"""The training loop of a conditional GAN, top to bottom in one function (`train`).
+
+The generator sees z concatenated with a class embedding (one-hot by default); the
+discriminator sees the image plus one one-hot channel per class (or scores by projection).
+Losses: BCE (the source's) or W-loss with gradient penalty. Adam with lr 2e-4 and betas
+(0.5, 0.999); weights start N(0, 0.02).
+
+Reproducible and exactly resumable: every step draws its batch, noise and penalty mixing
+weights from a torch.Generator seeded by (seed, step) alone, so the state to carry across a
+restart is only the networks, the optimisers and the step. Checkpoints are one safetensors file
+(tensors) with a JSON header (step, config, optimiser hyper-parameters), written to a temporary
+file and renamed, so an interrupted write leaves the previous checkpoint intact. Ctrl-C stops
+after the current step and writes a checkpoint; a second Ctrl-C stops at once, keeping the last
+checkpoint. The run ends by measuring the generator and writing the model artifact.
+
+A run directory (--out) holds:
+    checkpoint.safetensors   the latest checkpoint (exact resume with --resume)
+    samples/step_NNNNNN.png  sample grids, one row per class, fixed seeds
+    model/                   the model artifact (see ctrlgan.artifact)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ctrlgan.artifact import GENERATOR_WEIGHTS, Artifact, Manifest, write_artifact
+from ctrlgan.errors import CtrlganError, InvalidRequest
+from ctrlgan.images import save_grid
+from ctrlgan.kernels.reference import noise
+from ctrlgan.network import EMBEDDINGS, IMAGE_SIZES, ConditionalGenerator, GeneratorConfig
+from ctrlgan.training import losses, metrics
+from ctrlgan.training.data import load_dataset
+from ctrlgan.training.nets import DISCRIMINATORS, Discriminator, init_weights
+
+CHECKPOINT = "checkpoint.safetensors"
+SAMPLE_SEEDS = 8  # columns of the sample grids
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `ctrlgan train`; the defaults train the bundled digits model."""
+
+    data: str = "digits"
+    out: str = "runs/digits"
+    image_size: int | None = None  # None: the data set's own size (digits 16, shapes 32)
+    n_data: int | None = None  # procedural data sets only (shapes)
+    z_dim: int = 64
+    g_channels: int = 64
+    d_channels: int = 64
+    embedding: str = "onehot"
+    embed_dim: int = 16
+    discriminator: str = "concat"
+    loss: str = "bce"
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    d_steps: int = 1
+    gp_weight: float = 10.0
+    seed: int = 0
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    eval_per_class: int = 1000
+    resume: bool = False
+    command: str = ""  # provenance: the command line that started the run
+
+    def validate(self) -> None:
+        positive = ("z_dim", "g_channels", "d_channels", "embed_dim", "steps", "batch_size")
+        positive += ("d_steps", "sample_every", "checkpoint_every")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InvalidRequest(name, f"must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.eval_per_class < 0:
+            raise InvalidRequest("eval_per_class", "must be >= 0 (0 skips evaluation)")
+        if self.image_size is not None and self.image_size not in IMAGE_SIZES:
+            raise InvalidRequest("image_size", f"must be one of {IMAGE_SIZES}")
+        choices = {"embedding": EMBEDDINGS, "discriminator": DISCRIMINATORS}
+        choices["loss"] = losses.LOSSES
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InvalidRequest(name, f"must be one of {', '.join(allowed)}")
+        for name in ("lr", "gp_weight"):
+            value = getattr(self, name)
+            if not (value > 0 and value < float("inf")):
+                raise InvalidRequest(name, f"must be a positive number, got {value!r}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise InvalidRequest(name, "must be in [0, 1)")
+        if not 0 <= self.seed < 2**63:
+            raise InvalidRequest("seed", "must be in [0, 2**63)")
+
+
+# Options that may change when a run is resumed; all others must match the checkpoint.
+RESUMABLE = {"out", "steps", "sample_every", "checkpoint_every", "eval_per_class", "resume"}
+RESUMABLE |= {"command"}
+
+
+class TrainingInterrupted(CtrlganError):
+    """Ctrl-C stopped training; the checkpoint holds the last completed step."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(
+            f"interrupted after step {step}; checkpoint saved to {checkpoint} "
+            "(continue with --resume)"
+        )
+
+
+@dataclass
+class TrainResult:
+    artifact: Artifact
+    steps: int
+    metrics: dict
+    seconds: float
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The RNG of one training step: a function of (seed, step) only, hence exact resume."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    config.validate()
+    out = Path(config.out)
+    data = load_dataset(config.data, size=config.image_size, n=config.n_data, seed=config.seed)
+    channels, height, width = data.image_shape
+    if height != width or height not in IMAGE_SIZES:
+        raise InvalidRequest(
+            "image_size", f"data images are {height}x{width}; pass one of {IMAGE_SIZES}"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidRequest("out", f"cannot create {str(out)!r} ({e.strerror})") from None
+    checkpoint_path = out / CHECKPOINT
+    if checkpoint_path.exists() and not config.resume:
+        raise InvalidRequest(
+            "out", f"{str(out)!r} holds an earlier run's checkpoint: pass --resume or a new --out"
+        )
+    if config.resume and not checkpoint_path.exists():
+        raise InvalidRequest("resume", f"no checkpoint in {str(out)!r} to resume from")
+
+    # Networks and optimisers, seeded for reproducible initial weights.
+    torch.manual_seed(config.seed)
+    n_classes = len(data.classes)
+    g_config = GeneratorConfig(
+        z_dim=config.z_dim,
+        n_classes=n_classes,
+        image_size=height,
+        channels=channels,
+        base_channels=config.g_channels,
+        embedding=config.embedding,
+        embed_dim=config.embed_dim if config.embedding == "learned" else 0,
+    )
+    G = ConditionalGenerator(g_config)
+    D = Discriminator(
+        n_classes,
+        height,
+        channels,
+        config.d_channels,
+        kind=config.discriminator,
+        norm=config.loss == "bce",
+    )
+    init_weights(G)
+    init_weights(D)
+    betas = (config.beta1, config.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=betas)
+    step, seconds = 0, 0.0
+    if config.resume:
+        step, seconds = _load_checkpoint(checkpoint_path, config, G, D, opt_g, opt_d)
+
+    images, labels = data.images, data.labels
+    sample_labels = torch.arange(n_classes).repeat_interleave(SAMPLE_SEEDS)
+    sample_z = noise(torch.arange(SAMPLE_SEEDS).repeat(n_classes), config.z_dim)
+    (out / "samples").mkdir(exist_ok=True)
+    bar = _progress(progress, config.steps, step)
+    stop = _StopFlag()
+    started = time.perf_counter()
+    with stop:
+        while step < config.steps:
+            rng = step_generator(config.seed, step)
+            G.train()
+            # Discriminator: real batch vs generated images of the same classes.
+            for _ in range(config.d_steps):
+                idx = torch.randperm(len(images), generator=rng)[: config.batch_size]
+                real, y = images[idx], labels[idx]
+                z = torch.randn(len(idx), config.z_dim, generator=rng)
+                with torch.no_grad():
+                    fake = G(z, y)
+                real_out, fake_out = D(real, y), D(fake, y)
+                if config.loss == "bce":
+                    d_loss = losses.bce_discriminator(real_out, fake_out)
+                else:
+                    d_loss = losses.wasserstein_critic(real_out, fake_out)
+                    gp = losses.gradient_penalty(D, real, fake, y, generator=rng)
+                    d_loss = d_loss + config.gp_weight * gp
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            # Generator: fool the discriminator on the last batch's classes.
+            z = torch.randn(len(y), config.z_dim, generator=rng)
+            fake_out = D(G(z, y), y)
+            if config.loss == "bce":
+                g_loss = losses.bce_generator(fake_out)
+            else:
+                g_loss = losses.wasserstein_generator(fake_out)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            step += 1
+
+            bar.update(1)
+            bar.set_postfix(d_loss=f"{d_loss.item():.3f}", g_loss=f"{g_loss.item():.3f}")
+            if step % config.sample_every == 0 or step == config.steps:
+                G.eval()
+                with torch.no_grad():
+                    grid = G(sample_z, sample_labels)
+                save_grid(grid, out / "samples" / f"step_{step:06d}.png", SAMPLE_SEEDS, scale=2)
+            last = step == config.steps
+            if step % config.checkpoint_every == 0 or last or stop.requested:
+                elapsed = seconds + time.perf_counter() - started
+                _save_checkpoint(checkpoint_path, step, elapsed, config, G, D, opt_g, opt_d)
+            if stop.requested and not last:
+                bar.close()
+                raise TrainingInterrupted(step, checkpoint_path)
+    bar.close()
+    seconds += time.perf_counter() - started
+
+    # Measure the eval-mode generator, then write the artifact.
+    G.eval()
+    result_metrics = {}
+    if config.eval_per_class:
+
+        def generate(y: torch.Tensor, seed_start: int) -> torch.Tensor:
+            z = noise(torch.arange(seed_start, seed_start + len(y)), config.z_dim)
+            with torch.no_grad():
+                return G(z, y)
+
+        result_metrics = metrics.evaluate(
+            generate, images, labels, n_classes, config.eval_per_class
+        )
+    manifest = Manifest(
+        z_dim=config.z_dim,
+        classes=list(data.classes),
+        image_shape=[channels, height, width],
+        generator=g_config.to_dict(),
+        embedding=config.embedding,
+        provenance={
+            "dataset": data.name,
+            "n_images": len(data),
+            "command": config.command,
+            "steps": step,
+            "seed": config.seed,
+            "config": asdict(config),
+            "metrics": result_metrics,
+            "train_seconds": round(seconds, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
+    artifact = write_artifact(out / "model", manifest, {GENERATOR_WEIGHTS: G.state_dict()})
+    return TrainResult(artifact, step, result_metrics, seconds)
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the step and checkpoint. Second: the default KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def _save_checkpoint(path: Path, step, seconds, config, G, D, opt_g, opt_d) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    groups = {}
+    for prefix, module in (("G", G), ("D", D)):
+        for k, v in module.state_dict().items():
+            tensors[f"{prefix}.{k}"] = v
+    for prefix, opt in (("opt_g", opt_g), ("opt_d", opt_d)):
+        state = opt.state_dict()
+        groups[prefix] = state["param_groups"]
+        for index, entries in state["state"].items():
+            for k, v in entries.items():
+                tensors[f"{prefix}.{index}.{k}"] = v
+    header = {"step": step, "seconds": seconds, "config": asdict(config), "param_groups": groups}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(
+            {k: v.detach().contiguous() for k, v in tensors.items()},
+            tmp,
+            metadata={"ctrlgan": json.dumps(header)},
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _load_checkpoint(path: Path, config: TrainConfig, G, D, opt_g, opt_d) -> tuple[int, float]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = json.loads((f.metadata() or {})["ctrlgan"])
+        tensors = load_file(path)
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise InvalidRequest("resume", f"checkpoint {str(path)!r} is unreadable ({e})") from None
+    saved = header["config"]
+    for f in fields(TrainConfig):
+        if f.name not in RESUMABLE and saved.get(f.name) != getattr(config, f.name):
+            raise InvalidRequest(
+                f.name,
+                f"differs from the checkpoint's ({saved.get(f.name)!r}); resume with the same",
+            )
+    if header["step"] > config.steps:
+        raise InvalidRequest("steps", f"the checkpoint is already at step {header['step']}")
+    for prefix, module in (("G", G), ("D", D)):
+        module.load_state_dict(
+            {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        )
+    for prefix, opt in (("opt_g", opt_g), ("opt_d", opt_d)):
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith(prefix + "."):
+                _, index, name = k.split(".", 2)
+                state.setdefault(int(index), {})[name] = v
+        opt.load_state_dict({"state": state, "param_groups": header["param_groups"][prefix]})
+    return int(header["step"]), float(header.get("seconds", 0.0))

@@ -1,0 +1,135 @@
+import json
+from dataclasses import fields
+
+import pytest
+from PIL import Image
+
+from ctrlgan.artifact import GENERATOR_WEIGHTS
+from ctrlgan.cli import build_parser, main
+from ctrlgan.training.train import TrainConfig
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse usage errors and --help
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for word in words:
+        assert word in lines[0]
+
+
+def test_train_sample_info_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, text, err = run(
+        capsys,
+        "train",
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--g-channels",
+        "8",
+        "--d-channels",
+        "8",
+        "--z-dim",
+        "6",
+        "--eval-per-class",
+        "4",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "model written to" in text and "conditional_accuracy" in text
+    model = str(out / "model")
+    code, text, err = run(capsys, "info", model)
+    assert code == 0, err
+    assert "0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in text and "verified" in text
+    assert "ctrlgan train --out" in text  # the exact command is the provenance
+    code, text, _ = run(capsys, "info", model, "--json")
+    assert json.loads(text)["provenance"]["steps"] == 3
+    png = tmp_path / "grid.png"
+    code, text, err = run(
+        capsys,
+        "sample",
+        model,
+        "--class",
+        "2-4",
+        "--n",
+        "5",
+        "--seed",
+        "7",
+        "--scale",
+        "1",
+        "-o",
+        str(png),
+    )
+    assert code == 0, err
+    assert str(png) in text
+    assert Image.open(png).size == (5 * 18 + 2, 3 * 18 + 2)  # 5 seeds wide, 3 classes tall
+
+
+def test_train_help_documents_every_option(capsys):
+    code, text, _ = run(capsys, "train", "--help")
+    assert code == 0
+    for f in fields(TrainConfig):
+        if f.name != "command":
+            assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "--threads" in text and "--quiet" in text
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["sample", "no-such-model"], ["model", "no-such-model"]),
+        (["sample", "{model}", "--class", "12"], ["class", "12"]),
+        (["sample", "{model}", "--class", "3-1"], ["class"]),
+        (["sample", "{model}", "--class", "seven"], ["class"]),
+        (["sample", "{model}", "--n", "0"], ["n"]),
+        (["sample", "{model}", "-o", "{tmp}/x.jpg"], ["output", ".png"]),
+        (["sample", "{model}", "-o", "{tmp}/no/dir/x.png"], ["output"]),
+        (["sample", "{model}", "--steer", "thickness=2"], ["steer", "thickness"]),
+        (["sample", "{model}", "--steer", "thickness"], ["steer"]),
+        (["sample", "{model}", "--truncation", "-1"], ["truncation"]),
+        (["sample", "{model}", "--seed", "-3"], ["seed"]),
+        (["sample", "{model}", "--n", "x"], ["--n"]),
+        (["train", "--loss", "hinge"], ["--loss"]),
+        (["train", "--steps", "0", "--out", "{tmp}/t"], ["steps"]),
+        (["train", "--data", "{tmp}/nothing", "--out", "{tmp}/t"], ["nothing"]),
+        (["info", "{tmp}"], ["not a ctrlgan model"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_model, argv, words):
+    fill = {"model": str(tiny_model.artifact.path), "tmp": str(tmp_path)}
+    argv = [a.format(**fill) for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *[w.format(**fill) for w in words])
+    assert not list(tmp_path.glob("**/*.png"))  # nothing half-written
+
+
+def test_tampered_model_is_refused(tmp_path, capsys, tiny_model):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model.artifact.path, model)
+    with open(model / GENERATOR_WEIGHTS, "ab") as f:
+        f.write(b"\0")
+    for argv in (["info", str(model)], ["sample", str(model), "-o", str(tmp_path / "x.png")]):
+        code, _, err = run(capsys, *argv)
+        assert_one_line_error(code, err, "generator.safetensors", "checksum")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_parser_has_the_commands():
+    parser = build_parser()
+    choices = parser._subparsers._group_actions[0].choices
+    assert {"train", "sample", "info"} <= set(choices)
