@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	mkdir -p demo
 	$(VENV)/bin/ctrlgan sample digits --class 0-9 --n 8 --seed 0 -o demo/digits_grid.png
 
 lint: $(STAMP)

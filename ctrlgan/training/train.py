@@ -221,7 +221,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             step += 1
 
             bar.update(1)
-            bar.set_postfix(d_loss=f"{d_loss.item():.3f}", g_loss=f"{g_loss.item():.3f}")
+            if step % 10 == 0 or step == config.steps:
+                bar.set_postfix(d_loss=f"{d_loss.item():.3f}", g_loss=f"{g_loss.item():.3f}")
             if step % config.sample_every == 0 or step == config.steps:
                 G.eval()
                 with torch.no_grad():
