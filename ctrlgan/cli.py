@@ -100,8 +100,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import numpy as np
-
     import ctrlgan
 
     g = ctrlgan.load(args.model, backend=args.backend)
@@ -113,12 +111,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".png":
         raise InvalidRequest("output", f"must be a .png file, got {str(out)!r}")
+    if not 0 <= args.seed <= 2**64 - args.n:
+        raise InvalidRequest("seed", f"seeds must lie in [0, 2**64), got first seed {args.seed}")
     # A class-by-seed grid: one row per class, the same n seeds in every row.
-    seeds = np.tile(np.arange(args.n, dtype=np.uint64) + np.uint64(args.seed), len(classes))
-    rows = np.repeat(classes, args.n).tolist()
+    seeds = [args.seed + i for i in range(args.n)] * len(classes)
+    rows = [c for c in classes for _ in range(args.n)]
     x = g.sample(
         rows,
-        seeds.tolist(),
+        seeds,
         steer=parse_steer(args.steer),
         truncation=args.truncation,
     )
