@@ -133,3 +133,15 @@ def test_manifest_json_round_trip():
     )
     again = Manifest.from_json(m.to_json())
     assert again == m
+
+
+def test_written_artifact_has_ordinary_permissions(tiny_model):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = tiny_model.artifact.path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+    for f in path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name

@@ -1,5 +1,8 @@
+"""Data sets: digits, procedural shapes with ground truth, and user data (folder, npz, IDX)."""
+
 import gzip
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -7,286 +10,565 @@ import torch
 from PIL import Image
 
 from ctrlgan.errors import DataError
+from ctrlgan.training import data as D
 from ctrlgan.training.data import (
-    SHAPE_FACTORS,
-    SHAPES,
+    Dataset,
     load_dataset,
     load_digits,
     load_idx,
     load_image_folder,
     load_npz,
     make_shapes,
+    resize_images,
 )
 
-
-def centroids(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Intensity centroid (x, y) in continuous pixel coordinates (pixel centres at i + 0.5)."""
-    x = (images[:, 0] + 1) / 2
-    c = torch.arange(x.shape[-1], dtype=torch.float32) + 0.5
-    mass = x.sum(dim=(1, 2))
-    return (x.sum(1) * c).sum(1) / mass, (x.sum(2) * c).sum(1) / mass
+# digits ------------------------------------------------------------------------------------
 
 
-# digits -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
 
 
-def test_digits():
-    d = load_digits()
-    assert d.images.shape == (1797, 1, 16, 16) and d.images.dtype == torch.float32
-    assert d.labels.dtype == torch.int64 and d.classes == [str(i) for i in range(10)]
-    assert d.images.min() >= -1 and d.images.max() <= 1
-    assert d.images.min() < -0.99 and d.images.max() > 0.9
-    counts = torch.bincount(d.labels, minlength=10)
-    assert counts.min() >= 170
-    from sklearn.datasets import load_digits as sk
+def _check_contract(ds: Dataset):
+    assert ds.images.dtype == torch.float32 and ds.images.is_contiguous()
+    assert ds.images.ndim == 4 and ds.images.shape[2] == ds.images.shape[3]
+    assert ds.labels.dtype == torch.int64 and ds.labels.shape == (len(ds),)
+    assert ds.images.min() >= -1 and ds.images.max() <= 1
+    assert ds.labels.min() >= 0 and ds.labels.max() < len(ds.classes)
+    assert ds.image_shape == tuple(ds.images.shape[1:])
 
-    raw = torch.tensor(sk().images, dtype=torch.float32)[:, None] / 8 - 1
-    assert torch.equal(load_digits(8).images, raw)  # size 8 is the original, scaled
+
+def test_digits_shape_range_and_labels(digits):
+    _check_contract(digits)
+    assert digits.images.shape == (1797, 1, 16, 16) and digits.name == "digits"
+    assert digits.classes == [str(i) for i in range(10)]
+    assert digits.images.min() == -1 and digits.images.max() > 0.99
+    counts = torch.bincount(digits.labels, minlength=10)
+    assert counts.min() >= 170 and counts.max() <= 190
+
+
+def test_digits_at_native_size_are_the_scaled_originals():
+    from sklearn.datasets import load_digits as sk_digits
+
+    ds = load_digits(size=8)
+    expected = torch.tensor(sk_digits().images, dtype=torch.float32)[:, None] / 8 - 1
+    assert torch.equal(ds.images, expected)
+
+
+@pytest.mark.parametrize("size", [7, 0, 16.0, "16", True, None])
+def test_digits_bad_size(size):
     with pytest.raises(DataError) as e:
-        load_digits(4)
+        load_digits(size)
     assert e.value.field == "size"
 
 
-# shapes -------------------------------------------------------------------------------------
+def test_resize_images_is_antialiased_and_clamped():
+    x = torch.full((2, 3, 8, 8), -1.0)
+    x[:, :, ::2] = 1.0  # stripes average out when downscaled with antialiasing
+    out = resize_images(x, 4)
+    assert out.shape == (2, 3, 4, 4) and out.is_contiguous()
+    assert out.abs().max() < 0.5
+    up = resize_images(torch.rand(1, 1, 5, 5) * 2 - 1, 17)
+    assert up.shape == (1, 1, 17, 17) and up.min() >= -1 and up.max() <= 1
 
 
-def test_shapes_determinism_and_layout():
-    a, b = make_shapes(40, seed=3), make_shapes(40, seed=3)
-    assert torch.equal(a.images, b.images) and torch.equal(a.factors, b.factors)
-    assert not torch.equal(a.images, make_shapes(40, seed=4).images)
-    assert a.images.shape == (40, 1, 32, 32) and a.factors.shape == (40, 4)
-    assert a.classes == SHAPES and a.factor_names == SHAPE_FACTORS
-    for name, (lo, hi) in {
-        "scale": (0.5, 1),
-        "orientation": (0, 2 * math.pi),
-        "pos_x": (0.25, 0.75),
-        "pos_y": (0.25, 0.75),
-    }.items():
-        f = a.factors[:, SHAPE_FACTORS.index(name)]
-        assert f.min() >= lo and f.max() <= hi
+# shapes ------------------------------------------------------------------------------------
 
 
-def test_shape_centroid_is_its_position_within_a_pixel():
-    d = make_shapes(400, size=32, seed=int(np.random.default_rng().integers(1 << 30)))
-    cx, cy = centroids(d.images)
-    ex, ey = d.factors[:, 2] * 32, d.factors[:, 3] * 32
-    for k in range(4):
-        sel = d.labels == k
-        assert sel.sum() > 50
-        assert (cx - ex)[sel].abs().max() < 1.0, SHAPES[k]
-        assert (cy - ey)[sel].abs().max() < 1.0, SHAPES[k]
+@pytest.fixture(scope="module")
+def shapes():
+    return make_shapes(n=800, size=32, seed=3)
 
 
-def test_shapes_are_antialiased_and_scale_sets_area():
-    d = make_shapes(300, size=32, seed=1)
-    x = (d.images + 1) / 2
-    assert ((x > 0.05) & (x < 0.95)).sum() > 1000  # edge pixels between fore- and background
-    area = x.sum(dim=(1, 2, 3))
-    for k in range(4):
-        sel = d.labels == k
-        r = np.corrcoef(d.factors[sel, 0] ** 2, area[sel])[0, 1]
-        assert r > 0.95, SHAPES[k]
+def test_shapes_contract_and_factor_ranges(shapes):
+    _check_contract(shapes)
+    assert shapes.images.shape == (800, 1, 32, 32) and shapes.name == "shapes"
+    assert shapes.classes == ["square", "ellipse", "heart", "triangle"]
+    assert shapes.factor_names == ["scale", "orientation", "pos_x", "pos_y"]
+    f = shapes.factors
+    assert f.dtype == torch.float32 and f.shape == (800, 4)
+    assert f[:, 0].min() >= 0.5 and f[:, 0].max() <= 1.0
+    assert f[:, 1].min() >= 0 and f[:, 1].max() < 2 * math.pi
+    assert f[:, 2:].min() >= 0.25 and f[:, 2:].max() <= 0.75
+    # The ranges are used, not a corner of them, and every class appears.
+    assert f[:, 0].min() < 0.52 and f[:, 0].max() > 0.98 and f[:, 1].max() > 6.0
+    assert torch.bincount(shapes.labels, minlength=4).min() > 150
+    # White on black: the background is exactly -1 and the interior exactly 1.
+    assert (shapes.images == -1).float().mean() > 0.5
+    assert (shapes.images == 1).any(dim=(1, 2, 3)).all()
 
 
-@pytest.mark.parametrize("shape", ["heart", "triangle", "ellipse"])
-def test_orientation_changes_the_image(shape):
-    d = make_shapes(400, size=32, seed=2)
-    k = SHAPES.index(shape)
-    sel = (d.labels == k).nonzero().flatten()
-    # the two most differently oriented samples of this class, centred on one another
-    o = d.factors[sel, 1]
-    i, j = sel[o.argmin()], sel[o.argmax()]
-    assert (d.images[i] != d.images[j]).any()
-    rendered = make_shapes(400, size=32, seed=2)
-    assert torch.equal(rendered.images[i], d.images[i])
+def test_shapes_are_deterministic_by_seed():
+    a, b = make_shapes(50, 16, seed=7), make_shapes(50, 16, seed=7)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert torch.equal(a.factors, b.factors)
+    c = make_shapes(50, 16, seed=8)
+    assert not torch.equal(a.factors, c.factors) and not torch.equal(a.images, c.images)
+
+
+def _ink(ds):
+    return (ds.images[:, 0].double().numpy() + 1) / 2
+
+
+def test_shape_centroid_is_its_position(shapes):
+    ink, f, size = _ink(shapes), shapes.factors.double().numpy(), 32
+    centres = np.arange(size) + 0.5  # pixel centres
+    mass = ink.sum(axis=(1, 2))
+    cx = (ink.sum(axis=1) * centres).sum(axis=1) / mass
+    cy = (ink.sum(axis=2) * centres).sum(axis=1) / mass
+    for cls in range(4):
+        sel = shapes.labels.numpy() == cls
+        assert sel.sum() > 150
+        assert np.abs(cx[sel] - f[sel, 2] * size).max() < 1.0, shapes.classes[cls]
+        assert np.abs(cy[sel] - f[sel, 3] * size).max() < 1.0, shapes.classes[cls]
+    # Tighter on average: the centre is the area centroid, not e.g. a bounding-box centre.
+    assert np.abs(cy - f[:, 3] * size).mean() < 0.1
+
+
+def test_shapes_fit_within_their_radius(shapes):
+    ink, f, size = _ink(shapes), shapes.factors.double().numpy(), 32
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    dist = np.hypot(xx - f[:, 2, None, None] * size, yy - f[:, 3, None, None] * size)
+    radius = f[:, 0] * size / 4
+    # Any inked pixel's centre is within R plus half a pixel diagonal of the shape's centre.
+    assert (np.where(ink > 0, dist, 0) <= radius[:, None, None] + math.sqrt(0.5)).all()
+    # And the shapes do reach out towards R (they are not drawn much smaller).
+    reach = np.where(ink > 0.5, dist, 0).max(axis=(1, 2)) / radius
+    assert reach.min() > 0.5 and np.median(reach) > 0.85
+
+
+def test_shapes_are_antialiased(shapes):
+    x = shapes.images
+    edge = (x > -1) & (x < 1)
+    assert edge.any(dim=(1, 2, 3)).all()
+    assert len(torch.unique(x[edge])) >= 10  # many coverage levels, not a threshold
+
+
+def test_ink_area_grows_with_scale(shapes):
+    area = _ink(shapes).sum(axis=(1, 2))
+    scale = shapes.factors[:, 0].numpy()
+    for cls in range(4):
+        sel = shapes.labels.numpy() == cls
+        assert np.corrcoef(scale[sel], area[sel])[0, 1] > 0.9
+        # Area goes as scale^2: 0.5 -> 1.0 is about 4x.
+        small, large = area[sel & (scale < 0.55)], area[sel & (scale > 0.95)]
+        assert 3.0 < large.mean() / small.mean() < 5.0
+
+
+@pytest.mark.parametrize("cls", [0, 1, 2, 3])
+def test_orientation_turns_the_shape_counter_clockwise(cls):
+    # Centred on a pixel corner, the sample grid is symmetric under quarter turns.
+    def render(theta):
+        args = [np.array([v], dtype=np.float32) for v in (0.9, theta, 0.5, 0.5)]
+        return D._render(np.array([cls]), *args, 32)[0]
+
+    base, turned = render(0.3), render(0.3 + math.pi / 2)
+    # np.rot90 turns an array counter-clockwise as displayed (row 0 at the top).
+    assert np.abs(turned - np.rot90(base)).mean() < 2e-3
+    if cls in (2, 3):  # heart and triangle have no quarter-turn symmetry
+        assert np.abs(turned - base).mean() > 0.02
+        assert np.abs(render(1.3) - base).mean() > 0.02
+
+
+def test_heart_points_down_and_triangle_points_up_at_orientation_zero():
+    def render(cls):
+        args = [np.array([v], dtype=np.float32) for v in (1.0, 0.0, 0.5, 0.5)]
+        return D._render(np.array([cls]), *args, 32)[0]
+
+    heart, triangle = render(2), render(3)
+    assert heart[10:16].sum() > heart[16:22].sum()  # lobes above the centroid
+    assert triangle[10:16].sum() < triangle[16:22].sum()  # wide base below
 
 
 def test_correlated_factors():
-    d = make_shapes(5000, size=16, seed=0, correlate=[("scale", "pos_y", 0.8)])
-    f = d.factors.numpy()
-    rho = np.corrcoef(f[:, 0], f[:, 3])[0, 1]
-    assert abs(rho - 0.8) <= 0.05
-    assert abs(np.corrcoef(f[:, 0], f[:, 2])[0, 1]) < 0.05
-    assert abs(np.corrcoef(f[:, 1], f[:, 3])[0, 1]) < 0.05
-    negative = make_shapes(5000, size=16, correlate=[("pos_x", "pos_y", -0.5)]).factors.numpy()
-    assert abs(np.corrcoef(negative[:, 2], negative[:, 3])[0, 1] + 0.5) <= 0.05
+    ds = make_shapes(5000, 16, seed=1, correlate=[("scale", "pos_y", 0.8)])
+    f = ds.factors.double().numpy()
+    r = np.corrcoef(f.T)
+    assert abs(r[0, 3] - 0.8) < 0.05
+    for i, j in [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]:
+        assert abs(r[i, j]) < 0.06, (i, j)
+    # The marginals stay uniform over their ranges.
+    assert f[:, 0].min() < 0.51 and f[:, 0].max() > 0.99
+    assert abs(f[:, 3].mean() - 0.5) < 0.01 and abs(f[:, 3].std() - 0.5 / math.sqrt(12)) < 0.01
+    # Exactly rho, not the latent normals' correlation (0.786 for 0.8, -0.483 for -0.5).
+    pairs = [("scale", "pos_y", 0.8), ("orientation", "pos_x", -0.5)]
+    big = make_shapes(40000, 16, seed=0, correlate=pairs).factors.double().numpy()
+    assert abs(np.corrcoef(big[:, 0], big[:, 3])[0, 1] - 0.8) < 0.006
+    assert abs(np.corrcoef(big[:, 1], big[:, 2])[0, 1] + 0.5) < 0.012
+    # Labels are drawn the same way whatever the correlation.
+    assert torch.equal(ds.labels[:2000], make_shapes(2000, 16, seed=1).labels)
 
 
 @pytest.mark.parametrize(
     "correlate",
     [
-        [("scale", "size", 0.5)],
+        [("scale", "colour", 0.5)],
         [("shape", "scale", 0.5)],
         [("scale", "scale", 0.5)],
         [("scale", "pos_y", 1.0)],
-        [("scale", "pos_y", math.nan)],
+        [("scale", "pos_y", -1.2)],
+        [("scale", "pos_y", float("nan"))],
+        [("scale", "pos_y", "0.5")],
         [("scale", "pos_y")],
-        [("scale", "pos_x", 0.95), ("scale", "pos_y", 0.95), ("pos_x", "pos_y", -0.95)],
+        [("scale", "pos_y", 0.5), ("pos_y", "scale", 0.2)],
+        [("scale", "pos_x", 0.9), ("scale", "pos_y", 0.9), ("pos_x", "pos_y", -0.9)],
+        "scale",
+        42,
     ],
 )
-def test_bad_correlations(correlate):
+def test_bad_correlate(correlate):
     with pytest.raises(DataError) as e:
-        make_shapes(10, correlate=correlate)
+        make_shapes(10, 16, correlate=correlate)
     assert e.value.field == "correlate"
 
 
-def test_bad_shape_arguments():
+def test_bad_correlate_messages():
+    with pytest.raises(DataError, match="scale, orientation, pos_x, pos_y"):
+        make_shapes(10, 16, correlate=[("colour", "scale", 0.5)])
+    with pytest.raises(DataError, match="categorical"):
+        make_shapes(10, 16, correlate=[("shape", "scale", 0.5)])
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"n": 0}, "n"), ({"size": 15}, "size")])
+def test_shapes_bad_arguments(kwargs, name):
     with pytest.raises(DataError) as e:
-        make_shapes(0)
-    assert e.value.field == "n"
-    with pytest.raises(DataError) as e:
-        make_shapes(5, size=8)
-    assert e.value.field == "size"
+        make_shapes(**{"n": 5, "size": 16, **kwargs})
+    assert e.value.field == name
 
 
-# image folders ------------------------------------------------------------------------------
+# image folders -----------------------------------------------------------------------------
 
 
-def _write(path, array, mode=None):
+def _save(path, array, mode=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array, mode).save(path)
 
 
-def test_image_folder_grayscale_round_trip(tmp_path):
-    rng = np.random.default_rng()
-    a = rng.integers(0, 256, size=(12, 12), dtype=np.uint8)
+def _gray(seed, size=6):
+    a = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
     a[0, 0], a[0, 1] = 0, 255
-    _write(tmp_path / "cat" / "1.png", a)
-    _write(tmp_path / "cat" / "2.png", 255 - a)
-    _write(tmp_path / "dog" / "x.png", a.T.copy())
-    d = load_image_folder(tmp_path)
-    assert d.classes == ["cat", "dog"] and d.labels.tolist() == [0, 0, 1]
-    assert d.images.shape == (3, 1, 12, 12)
-    expected = torch.from_numpy(a.astype(np.float32) / 255 * 2 - 1)
-    torch.testing.assert_close(d.images[0, 0], expected)
-    assert d.images[0, 0, 0, 0] == -1 and d.images[0, 0, 0, 1] == 1
-    assert load_dataset(str(tmp_path)).labels.tolist() == [0, 0, 1]
+    return a
 
 
-def test_image_folder_rgb_channels_and_resize(tmp_path):
-    rng = np.random.default_rng()
-    _write(tmp_path / "a" / "1.png", rng.integers(0, 256, (10, 10, 3), dtype=np.uint8))
-    _write(tmp_path / "b" / "1.png", rng.integers(0, 256, (10, 10), dtype=np.uint8))
-    assert load_image_folder(tmp_path).images.shape == (2, 3, 10, 10)
-    assert load_image_folder(tmp_path, channels=1).images.shape == (2, 1, 10, 10)
-    _write(tmp_path / "b" / "2.png", rng.integers(0, 256, (14, 9), dtype=np.uint8))
-    with pytest.raises(DataError, match="2.png.*size="):
+def test_image_folder_grayscale_round_trip(tmp_path):
+    imgs = {"cat": [_gray(0), _gray(1)], "ant": [_gray(2)]}
+    for cls, arrays in imgs.items():
+        for i, a in enumerate(arrays):
+            _save(tmp_path / cls / f"{i}.PNG", a)
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    ds = load_image_folder(tmp_path)
+    _check_contract(ds)
+    assert ds.classes == ["ant", "cat"] and ds.labels.tolist() == [0, 1, 1]
+    assert ds.image_shape == (1, 6, 6) and ds.name == str(tmp_path)
+    expected = np.stack([imgs["ant"][0], imgs["cat"][0], imgs["cat"][1]])[:, None] / 255 * 2 - 1
+    np.testing.assert_allclose(ds.images.numpy(), expected, atol=1e-6)
+    assert ds.images[0, 0, 0, 0] == -1.0 and ds.images[0, 0, 0, 1] == 1.0
+
+
+def test_image_folder_channels(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    _save(tmp_path / "a" / "x.png", _gray(0))
+    _save(tmp_path / "b" / "y.jpg", rgb)
+    _save(tmp_path / "b" / "z.bmp", rgb)
+    ds = load_image_folder(tmp_path)  # one colour image makes it RGB
+    assert ds.image_shape == (3, 6, 6)
+    gray = ds.images[0].numpy()
+    np.testing.assert_allclose(gray, (_gray(0)[None].repeat(3, 0) / 255) * 2 - 1, atol=1e-6)
+    expected = rgb.transpose(2, 0, 1) / 255 * 2 - 1
+    np.testing.assert_allclose(ds.images[2].numpy(), expected, atol=1e-6)  # bmp is lossless
+    forced = load_image_folder(tmp_path, channels=1)
+    assert forced.image_shape == (1, 6, 6)
+    luma = np.asarray(Image.fromarray(rgb).convert("L")) / 255 * 2 - 1
+    np.testing.assert_allclose(forced.images[2, 0].numpy(), luma, atol=1e-6)
+    with pytest.raises(DataError) as e:
+        load_image_folder(tmp_path, channels=2)
+    assert e.value.field == "channels"
+
+
+def test_image_folder_sixteen_bit(tmp_path):
+    a = (np.arange(16).reshape(4, 4) * 4369).astype(np.uint16)  # 0 .. 65535
+    _save(tmp_path / "a" / "x.png", a)
+    ds = load_image_folder(tmp_path)
+    assert ds.image_shape == (1, 4, 4)
+    np.testing.assert_allclose(ds.images[0, 0].numpy(), a / 65535 * 2 - 1, atol=1e-6)
+
+
+def test_image_folder_sizes(tmp_path):
+    _save(tmp_path / "a" / "0.png", _gray(0, 8))
+    _save(tmp_path / "a" / "1.png", _gray(1, 8))
+    _save(tmp_path / "b" / "2.png", _gray(2, 12))
+    with pytest.raises(DataError, match="size=") as e:
         load_image_folder(tmp_path)
-    assert load_image_folder(tmp_path, size=16).images.shape == (3, 3, 16, 16)
+    assert e.value.field == str(tmp_path / "b" / "2.png")
+    ds = load_image_folder(tmp_path, size=8)
+    assert ds.images.shape == (3, 1, 8, 8)
+    # Images already at the size are untouched; the others are resized.
+    np.testing.assert_allclose(ds.images[0, 0].numpy(), _gray(0, 8) / 255 * 2 - 1, atol=1e-6)
+    big = torch.tensor(_gray(2, 12) / 255 * 2 - 1, dtype=torch.float32)[None, None]
+    np.testing.assert_allclose(ds.images[2], resize_images(big, 8)[0], atol=1e-5)
+
+
+def test_image_folder_non_square(tmp_path):
+    _save(tmp_path / "a" / "0.png", np.zeros((4, 6), np.uint8))
+    with pytest.raises(DataError, match="square") as e:
+        load_image_folder(tmp_path)
+    assert e.value.field == str(tmp_path / "a" / "0.png")
+    assert load_image_folder(tmp_path, size=5).image_shape == (1, 5, 5)
 
 
 def test_image_folder_errors(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist") as e:
         load_image_folder(tmp_path / "nope")
-    with pytest.raises(DataError, match="no class sub-folders"):
+    assert e.value.field == str(tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DataError, match="not a directory"):
+        load_image_folder(tmp_path / "file.txt")
+    with pytest.raises(DataError, match="sub-folders") as e:
         load_image_folder(tmp_path)
+    assert e.value.field == str(tmp_path)
+
+    _save(tmp_path / "full" / "0.png", _gray(0))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="empty.*no images"):
+    (tmp_path / "empty" / "readme.md").write_text("x")
+    with pytest.raises(DataError, match="'empty'") as e:
         load_image_folder(tmp_path)
-    (tmp_path / "empty" / "bad.png").write_bytes(b"not an image at all")
-    with pytest.raises(DataError, match="bad.png.*unreadable"):
+    assert e.value.field == str(tmp_path / "empty")
+
+    (tmp_path / "empty" / "x.png").write_bytes(b"definitely not a png")
+    with pytest.raises(DataError, match="unreadable") as e:
         load_image_folder(tmp_path)
+    assert e.value.field == str(tmp_path / "empty" / "x.png")
+
+    png = (tmp_path / "full" / "0.png").read_bytes()
+    (tmp_path / "empty" / "x.png").write_bytes(png[: len(png) // 2])  # truncated
+    with pytest.raises(DataError) as e:
+        load_image_folder(tmp_path)
+    assert e.value.field == str(tmp_path / "empty" / "x.png")
 
 
-# npz ----------------------------------------------------------------------------------------
+def test_single_class_folder(tmp_path):
+    _save(tmp_path / "only" / "0.png", _gray(0))
+    ds = load_image_folder(tmp_path)
+    assert ds.classes == ["only"] and ds.labels.tolist() == [0]
 
 
-@pytest.mark.parametrize("layout", ["NHW", "NHWC", "NCHW"])
-def test_npz_layouts(tmp_path, layout):
-    rng = np.random.default_rng()
-    base = rng.integers(0, 256, size=(5, 3, 8, 8), dtype=np.uint8)  # N C H W
-    images = {"NHW": base[:, 0], "NHWC": base.transpose(0, 2, 3, 1), "NCHW": base}[layout]
-    labels = np.array([0, 1, 2, 1, 0])
-    np.savez(tmp_path / "d.npz", images=images, labels=labels, classes=np.array(["a", "b", "c"]))
-    d = load_npz(tmp_path / "d.npz")
-    expected = base[:, :1] if layout == "NHW" else base
-    torch.testing.assert_close(d.images, torch.from_numpy(expected / 255 * 2 - 1).float())
-    assert d.classes == ["a", "b", "c"] and d.labels.tolist() == labels.tolist()
+# npz ---------------------------------------------------------------------------------------
 
 
-def test_npz_float_and_default_classes(tmp_path):
-    images = np.random.default_rng().uniform(0, 1, size=(4, 6, 6)).astype(np.float32)
-    np.savez(tmp_path / "f.npz", images=images, labels=np.array([0, 3, 1, 3]))
-    d = load_dataset(str(tmp_path / "f.npz"), size=16)
-    assert d.classes == ["0", "1", "2", "3"] and d.images.shape == (4, 1, 16, 16)
+def _npz(path, **arrays):
+    with open(path, "wb") as f:  # a file object: savez would append .npz to "d.NPZ"
+        np.savez(f, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["NHW", "NHWC1", "NHWC3", "NCHW1", "NCHW3"])
+def test_npz_uint8_layouts(tmp_path, layout):
+    rng = np.random.default_rng(0)
+    c = 3 if layout.endswith("3") else 1
+    nchw = rng.integers(0, 256, (5, c, 7, 7), dtype=np.uint8)
+    nchw[0, 0, 0, :2] = 0, 255
+    stored = {"NHW": nchw[:, 0], "NCHW1": nchw, "NCHW3": nchw}.get(
+        layout, nchw.transpose(0, 2, 3, 1)
+    )
+    labels = np.array([0, 2, 1, 2, 0])
+    ds = load_npz(_npz(tmp_path / "d.npz", images=stored, labels=labels))
+    _check_contract(ds)
+    assert ds.image_shape == (c, 7, 7) and ds.classes == ["0", "1", "2"]
+    assert ds.labels.tolist() == labels.tolist() and ds.name == str(tmp_path / "d.npz")
+    np.testing.assert_allclose(ds.images.numpy(), nchw / 255 * 2 - 1, atol=1e-6)
+    assert ds.images[0, 0, 0, 0] == -1.0 and ds.images[0, 0, 0, 1] == 1.0
+
+
+def test_npz_float_classes_and_resize(tmp_path):
+    x = np.random.default_rng(0).random((4, 8, 8, 3))
+    path = _npz(tmp_path / "d.npz", images=x, labels=np.array([1, 0, 1, 1]), classes=["a", "b"])
+    ds = load_npz(path)
+    assert ds.classes == ["a", "b"] and ds.image_shape == (3, 8, 8)
+    np.testing.assert_allclose(ds.images.numpy(), x.transpose(0, 3, 1, 2) * 2 - 1, atol=1e-6)
+    assert load_npz(path, size=4).image_shape == (3, 4, 4)
+    # More class names than labels in use is fine.
+    path = _npz(tmp_path / "e.npz", images=x, labels=np.zeros(4, int), classes=["a", "b", "c"])
+    assert load_npz(path).classes == ["a", "b", "c"]
+
+
+_GOOD = {"images": np.zeros((3, 4, 4), np.uint8), "labels": np.array([0, 1, 0])}
 
 
 @pytest.mark.parametrize(
-    "arrays, match",
+    ("change", "match"),
     [
-        ({"labels": np.zeros(2, int)}, "images.*missing"),
-        ({"images": np.zeros((2, 4, 4), np.uint8)}, "labels.*missing"),
-        ({"images": np.zeros((3, 4, 4), np.uint8), "labels": np.zeros(2, int)}, "3 images but 2"),
-        ({"images": np.zeros((2, 4, 4), np.uint8), "labels": np.array([0, -1])}, "labels"),
-        ({"images": np.zeros((2, 4, 4), np.uint8), "labels": np.array([0.0, 1.0])}, "labels"),
-        ({"images": np.full((2, 4, 4), 2.0), "labels": np.zeros(2, int)}, "within"),
-        ({"images": np.full((2, 4, 4), np.nan), "labels": np.zeros(2, int)}, "finite"),
-        ({"images": np.zeros((2, 4, 5), np.uint8), "labels": np.zeros(2, int)}, "square"),
-        ({"images": np.zeros((2, 4), np.uint8), "labels": np.zeros(2, int)}, "images"),
-        (
-            {
-                "images": np.zeros((2, 4, 4), np.uint8),
-                "labels": np.array([0, 2]),
-                "classes": np.array(["a", "b"]),
-            },
-            "labels",
-        ),
+        ({"images": None}, "'images'"),
+        ({"labels": None}, "'labels'"),
+        ({"labels": np.array([0, 1])}, "3 images but 2 labels"),
+        ({"labels": np.array([0, -1, 0])}, "labels"),
+        ({"labels": np.array([0, 1, 2]), "classes": np.array(["a", "b"])}, "labels"),
+        ({"labels": np.array([0.0, 1.0, 0.0])}, "labels"),
+        ({"labels": np.array([[0, 1, 0]])}, "labels"),
+        ({"images": np.full((3, 4, 4), 1.5)}, r"\[0, 1\]"),
+        ({"images": np.full((3, 4, 4), np.nan)}, "finite"),
+        ({"images": np.zeros((3, 4, 4), np.int32)}, "uint8 or float"),
+        ({"images": np.zeros((3, 16), np.uint8)}, "images"),
+        ({"images": np.zeros((3, 5, 4, 4), np.uint8)}, "images"),
+        ({"images": np.zeros((3, 4, 6), np.uint8)}, "square"),
+        ({"images": np.zeros((0, 4, 4), np.uint8), "labels": np.zeros(0, int)}, "no images"),
+        ({"classes": np.array(["a", "a"])}, "duplicate"),
+        ({"classes": np.array([1, 2])}, "classes"),
+        ({"classes": np.array([{"a": 1}], dtype=object)}, "classes"),
     ],
 )
-def test_npz_errors(tmp_path, arrays, match):
-    np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(DataError, match=match):
-        load_npz(tmp_path / "bad.npz")
+def test_npz_errors(tmp_path, change, match):
+    arrays = {k: v for k, v in {**_GOOD, **change}.items() if v is not None}
+    path = _npz(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match=match) as e:
+        load_npz(path)
+    assert e.value.field == str(path)
 
 
-def test_npz_not_a_zip(tmp_path):
-    (tmp_path / "x.npz").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="x.npz"):
-        load_npz(tmp_path / "x.npz")
+def test_npz_unreadable(tmp_path):
+    for name, content in [("garbage.npz", b"not a zip at all"), ("empty.npz", b"")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError) as e:
+            load_npz(tmp_path / name)
+        assert e.value.field == str(tmp_path / name)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    with pytest.raises(DataError, match="not an .npz"):
+        load_npz(tmp_path / "single.npz")
+    with pytest.raises(DataError, match="does not exist"):
+        load_npz(tmp_path / "missing.npz")
+    with pytest.raises(DataError) as e:
+        load_npz(_npz(tmp_path / "d.npz", **_GOOD), size=2)
+    assert e.value.field == "size"
 
 
-# IDX ----------------------------------------------------------------------------------------
+# IDX ---------------------------------------------------------------------------------------
 
 
-def _idx(path, array, magic, compress=False):
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
+def _idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def idx_arrays():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 5, 5), dtype=np.uint8)
+    images[0, 0, :2] = 0, 255
+    return images, np.array([3, 0, 1, 3, 2, 0], np.uint8)
+
+
+def _write_idx(folder, images, labels, compress=False, prefix="train"):
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, array, magic in [("images-idx3", images, 0x803), ("labels-idx1", labels, 0x801)]:
+        raw = _idx_bytes(array, magic)
+        path = folder / f"{prefix}-{name}-ubyte{'.gz' if compress else ''}"
+        path.write_bytes(gzip.compress(raw) if compress else raw)
+        out.append(path)
+    return out
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_idx_round_trip(tmp_path, compress):
-    rng = np.random.default_rng()
-    images = rng.integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=7).astype(np.uint8)
-    labels[0] = 9
-    _idx(tmp_path / "train-images-idx3-ubyte.gz", images, 0x803, compress)
-    _idx(tmp_path / "train-labels-idx1-ubyte.gz", labels, 0x801, compress)
-    d = load_dataset(str(tmp_path))
-    assert d.images.shape == (7, 1, 28, 28) and d.classes == [str(i) for i in range(10)]
-    torch.testing.assert_close(d.images[:, 0], torch.from_numpy(images / 255 * 2 - 1).float())
-    assert d.labels.tolist() == labels.tolist()
+def test_idx_round_trip(tmp_path, idx_arrays, compress):
+    images, labels = idx_arrays
+    ip, lp = _write_idx(tmp_path, images, labels, compress)
+    ds = load_idx(ip, lp)
+    _check_contract(ds)
+    assert ds.image_shape == (1, 5, 5) and ds.classes == ["0", "1", "2", "3"]
+    assert ds.labels.tolist() == labels.tolist()
+    np.testing.assert_allclose(ds.images[:, 0].numpy(), images / 255 * 2 - 1, atol=1e-6)
+    assert ds.images[0, 0, 0, 0] == -1.0 and ds.images[0, 0, 0, 1] == 1.0
+    assert load_idx(ip, lp, size=10).image_shape == (1, 10, 10)
 
 
-def test_idx_errors(tmp_path):
-    images = np.zeros((3, 4, 4), np.uint8)
-    _idx(tmp_path / "i", images, 0x803)
-    _idx(tmp_path / "l", np.zeros(2, np.uint8), 0x801)
-    with pytest.raises(DataError, match="2 labels for 3 images"):
-        load_idx(tmp_path / "i", tmp_path / "l")
-    with pytest.raises(DataError, match="magic"):
-        load_idx(tmp_path / "l", tmp_path / "i")
-    (tmp_path / "t").write_bytes((tmp_path / "i").read_bytes()[:-3])
-    with pytest.raises(DataError, match="header says"):
-        load_idx(tmp_path / "t", tmp_path / "l")
+def test_idx_gzip_detected_by_magic_not_extension(tmp_path, idx_arrays):
+    images, labels = idx_arrays
+    ip, lp = _write_idx(tmp_path, images, labels, compress=True)
+    ip.rename(tmp_path / "imgs.bin")
+    ds = load_idx(tmp_path / "imgs.bin", lp)
+    assert len(ds) == 6
+
+
+def test_idx_errors(tmp_path, idx_arrays):
+    images, labels = idx_arrays
+    ip, lp = _write_idx(tmp_path, images, labels)
+    with pytest.raises(DataError, match="magic") as e:
+        load_idx(lp, ip)  # swapped
+    assert e.value.field == str(lp)
+    raw = ip.read_bytes()
+    ip.write_bytes(raw[:-1])
+    with pytest.raises(DataError, match="header") as e:
+        load_idx(ip, lp)
+    assert e.value.field == str(ip)
+    ip.write_bytes(raw + b"\0")
+    with pytest.raises(DataError, match="header"):
+        load_idx(ip, lp)
+    ip.write_bytes(raw[:10])  # the header itself is cut
+    with pytest.raises(DataError, match="truncated"):
+        load_idx(ip, lp)
+    ip.write_bytes(gzip.compress(raw)[:-12])  # broken gzip stream
+    with pytest.raises(DataError) as e:
+        load_idx(ip, lp)
+    assert e.value.field == str(ip)
+    ip.write_bytes(raw)
+    lp.write_bytes(_idx_bytes(labels[:5], 0x801))
+    with pytest.raises(DataError, match="5 labels for 6 images") as e:
+        load_idx(ip, lp)
+    assert e.value.field == str(lp)
     with pytest.raises(DataError, match="does not exist"):
-        load_idx(tmp_path / "missing", tmp_path / "l")
+        load_idx(tmp_path / "missing", lp)
 
 
-def test_unknown_spec():
-    with pytest.raises(DataError) as e:
-        load_dataset("imagenet")
+# load_dataset ------------------------------------------------------------------------------
+
+
+def test_load_dataset_builtin(digits):
+    ds = load_dataset("digits")
+    assert torch.equal(ds.images, digits.images)
+    assert load_dataset("digits", size=8).image_shape == (1, 8, 8)
+    s = load_dataset("shapes", size=16, n=12, seed=4, correlate=[("scale", "pos_x", 0.5)])
+    assert len(s) == 12 and s.image_shape == (1, 16, 16)
+    assert torch.equal(s.images, make_shapes(12, 16, 4, [("scale", "pos_x", 0.5)]).images)
+
+
+def test_load_dataset_shapes_defaults(monkeypatch):
+    calls = []
+    monkeypatch.setattr(D, "make_shapes", lambda *a: calls.append(a))
+    load_dataset("shapes")
+    assert calls == [(20000, 32, 0, ())]
+
+
+def test_load_dataset_user_data(tmp_path, idx_arrays):
+    path = _npz(tmp_path / "d.NPZ", **_GOOD)
+    assert load_dataset(str(path)).name == str(path)
+    assert load_dataset(path, size=8).image_shape == (1, 8, 8)
+
+    images, labels = idx_arrays
+    _write_idx(tmp_path / "mnist", images, labels, compress=True)
+    ds = load_dataset(str(tmp_path / "mnist"), n=3, seed=5)  # n and seed are for shapes
+    assert len(ds) == 6 and ds.classes == ["0", "1", "2", "3"]
+    _write_idx(tmp_path / "mnist", images, labels, prefix="t10k")
+    with pytest.raises(DataError, match="exactly one"):
+        load_dataset(str(tmp_path / "mnist"))
+
+    _save(tmp_path / "folder" / "a" / "0.png", _gray(0))
+    _save(tmp_path / "folder" / "b" / "0.png", _gray(1))
+    ds = load_dataset(str(tmp_path / "folder"))
+    assert ds.classes == ["a", "b"] and len(ds) == 2
+
+
+@pytest.mark.parametrize("spec", ["mnist", "Digits", "", "missing.npz", "image.png"])
+def test_load_dataset_unknown(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    _save(tmp_path / "image.png", _gray(0))
+    with pytest.raises(DataError, match="unknown data set") as e:
+        load_dataset(spec)
     assert e.value.field == "data"
-    with pytest.raises(DataError) as e:
-        load_dataset("digits", correlate=[("scale", "pos_y", 0.5)])
-    assert e.value.field == "correlate"
+
+
+def test_load_dataset_correlate_only_for_shapes(tmp_path):
+    path = _npz(tmp_path / "d.npz", **_GOOD)
+    for spec in ["digits", str(path)]:
+        with pytest.raises(DataError) as e:
+            load_dataset(spec, correlate=[("scale", "pos_y", 0.5)])
+        assert e.value.field == "correlate"

@@ -1,0 +1,1 @@
+"""Bundled default models (package data): one artifact directory per model name."""
