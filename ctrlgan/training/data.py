@@ -282,7 +282,6 @@ def make_shapes(
     # Keep orientation in [0, 2 pi) after float32 rounding.
     wrap = factors[:, 1] >= np.float32(2 * math.pi)
     factors[wrap, 1] -= np.float32(2 * math.pi)
-    factors[:, 1] = np.maximum(factors[:, 1], 0)
 
     images = np.empty((n, 1, size, size), dtype=np.float32)
     chunk = max(1, _CHUNK_SAMPLES // ((size // 2 + 3) * _SUPERSAMPLE) ** 2)
@@ -326,7 +325,7 @@ def _image_array(im, channels: int, path: Path) -> np.ndarray:
             raise DataError(str(path), "32-bit integer images are not supported")
         a = a[None] / 65535.0
         return np.repeat(a, 3, axis=0) if channels == 3 else a
-    if im.mode in ("F", "I;32"):
+    if im.mode == "F":
         raise DataError(str(path), f"unsupported image mode {im.mode}")
     a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
@@ -384,6 +383,8 @@ def load_image_folder(path, size: int | None = None, channels: int | None = None
             raise DataError(str(p), f"{im.size[0]}x{im.size[1]} is not square: pass size=")
         try:
             a = _image_array(im, channels, p)
+        except DataError:
+            raise
         except (OSError, ValueError) as e:
             raise DataError(str(p), f"cannot convert image ({e})") from None
         if size is not None:  # resized one by one: sizes may differ
@@ -446,7 +447,7 @@ def load_npz(path, size: int | None = None) -> Dataset:
             source, f"key 'labels' must be integers [N], got {labels.dtype} {labels.shape}"
         )
     images = _as_nchw(images, source)
-    if False:
+    if len(images) != len(labels):
         raise DataError(source, f"{len(images)} images but {len(labels)} labels")
     if len(images) == 0:
         raise DataError(source, "holds no images")
