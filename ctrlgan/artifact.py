@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ctrlgan._fs import make_readable
 from ctrlgan.errors import ArtifactError, InvalidRequest
 from ctrlgan.network import ConditionalGenerator, GeneratorConfig
 
@@ -232,21 +233,12 @@ def write_artifact(
         manifest.files = dict(sorted(written.items()))
         manifest._check(str(tmp / MANIFEST))
         (tmp / MANIFEST).write_text(manifest.to_json())
-        _make_readable(tmp)
+        make_readable(tmp)
         _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Artifact.open(path)
-
-
-def _make_readable(directory: Path) -> None:
-    """Ordinary permissions (mkdtemp makes 0700, safetensors 0600): as if created normally."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for file in directory.iterdir():
-        os.chmod(file, 0o666 & ~umask)
 
 
 def _swap_in(tmp: Path, path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctrlgan._fs import make_readable
 from ctrlgan.errors import InvalidRequest
 
 
@@ -60,6 +61,7 @@ def save_grid(x, path, nrow: int = 8, scale: int = 1, padding: int = 2) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(grid).save(f, format="PNG")
+        make_readable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -135,7 +135,7 @@ def test_manifest_json_round_trip():
     assert again == m
 
 
-def test_written_artifact_has_ordinary_permissions(tiny_model):
+def test_written_files_have_ordinary_permissions(tiny_model):
     import os
     import stat
 
@@ -143,5 +143,7 @@ def test_written_artifact_has_ordinary_permissions(tiny_model):
     os.umask(umask)
     path = tiny_model.artifact.path
     assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
-    for f in path.iterdir():
+    written = [*path.iterdir(), path.parent / "checkpoint.safetensors"]
+    written += list((path.parent / "samples").iterdir())
+    for f in written:
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name

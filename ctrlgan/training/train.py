@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ctrlgan._fs import make_readable
 from ctrlgan.artifact import GENERATOR_WEIGHTS, Artifact, Manifest, write_artifact
 from ctrlgan.errors import CtrlganError, InvalidRequest
 from ctrlgan.images import save_grid
@@ -325,6 +326,7 @@ def _save_checkpoint(path: Path, step, seconds, config, G, D, opt_g, opt_d) -> N
             tmp,
             metadata={"ctrlgan": json.dumps(header)},
         )
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
