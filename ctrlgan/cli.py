@@ -74,6 +74,17 @@ def parse_steer(items: list[str]) -> dict[str, float]:
     return steer
 
 
+def parse_correlate(text: str) -> list:
+    """--correlate 'scale:pos_y:0.8' -> ['scale', 'pos_y', 0.8]."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        return [parts[0], parts[1], float(parts[2])]
+    except ValueError:
+        raise InvalidRequest("correlate", f"expected A:B:RHO, got {text!r}") from None
+
+
 # Commands --------------------------------------------------------------------------------
 
 
@@ -84,8 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    options["correlate"] = [parse_correlate(c) for c in args.correlate]
     config = TrainConfig(
-        **{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__},
+        **options,
         command=shlex.join(["ctrlgan", *args.argv]),
     )
     try:
@@ -189,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize images to this (16, 28, 32, 64); default: the data set's",
     )
     data.add_argument("--n-data", type=int, default=None, help="images to render (shapes only)")
+    data.add_argument(
+        "--correlate",
+        action="append",
+        default=[],
+        metavar="A:B:RHO",
+        help="shapes only: draw factors A and B with Pearson correlation RHO, e.g. "
+        "scale:pos_y:0.8 (repeatable; factors: scale, orientation, pos_x, pos_y)",
+    )
     net = t.add_argument_group("networks")
     net.add_argument("--z-dim", type=int, default=d.z_dim, help="noise dimensions")
     net.add_argument(

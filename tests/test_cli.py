@@ -102,6 +102,12 @@ def test_train_help_documents_every_option(capsys):
         (["sample", "{model}", "--seed", "-3"], ["seed"]),
         (["sample", "{model}", "--n", "x"], ["--n"]),
         (["train", "--loss", "hinge"], ["--loss"]),
+        (["train", "--data", "shapes", "--correlate", "scale:pos_y"], ["correlate"]),
+        (
+            ["train", "--data", "shapes", "--correlate", "scale:size:0.5", "--out", "{tmp}/t"],
+            ["correlate", "size"],
+        ),
+        (["train", "--correlate", "scale:pos_y:0.5", "--out", "{tmp}/t"], ["correlate"]),
         (["train", "--steps", "0", "--out", "{tmp}/t"], ["steps"]),
         (["train", "--data", "{tmp}/nothing", "--out", "{tmp}/t"], ["nothing"]),
         (["info", "{tmp}"], ["not a ctrlgan model"]),

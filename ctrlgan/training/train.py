@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,6 +54,7 @@ class TrainConfig:
     out: str = "runs/digits"
     image_size: int | None = None  # None: the data set's own size (digits 16, shapes 32)
     n_data: int | None = None  # procedural data sets only (shapes)
+    correlate: list = field(default_factory=list)  # shapes: [[factor_a, factor_b, rho], ...]
     z_dim: int = 64
     g_channels: int = 64
     d_channels: int = 64
@@ -133,7 +134,13 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     config.validate()
     out = Path(config.out)
-    data = load_dataset(config.data, size=config.image_size, n=config.n_data, seed=config.seed)
+    data = load_dataset(
+        config.data,
+        size=config.image_size,
+        n=config.n_data,
+        seed=config.seed,
+        correlate=[tuple(c) for c in config.correlate],
+    )
     channels, height, width = data.image_shape
     if height != width or height not in IMAGE_SIZES:
         raise InvalidRequest(

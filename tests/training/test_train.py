@@ -98,11 +98,18 @@ def test_wgan_projection_learned_embedding(tmp_path):
     assert torch.isfinite(g(torch.randn(2, 10), torch.tensor([0, 9]))).all()
 
 
-def test_shapes_training_at_32px(tmp_path):
-    config = TrainConfig(out=str(tmp_path / "s"), data="shapes", n_data=40, **{**FAST, "steps": 2})
+def test_correlated_shapes_training_at_32px(tmp_path):
+    config = TrainConfig(
+        out=str(tmp_path / "s"),
+        data="shapes",
+        n_data=40,
+        correlate=[["scale", "pos_y", 0.8]],
+        **{**FAST, "steps": 2},
+    )
     m = train(config, progress=False).artifact.manifest
     assert m.classes == ["square", "ellipse", "heart", "triangle"]
     assert m.image_shape == [1, 32, 32]
+    assert m.provenance["config"]["correlate"] == [["scale", "pos_y", 0.8]]
 
 
 @pytest.mark.parametrize(
