@@ -19,6 +19,24 @@ if none is. Every row depends only on its own seed, so noise is batch-invariant 
 
 The uint32 stage is computed exactly in int64 arithmetic (the 32x32 -> 64-bit high product is
 split into 16-bit halves so that nothing overflows), so it is bit-exact with Triton's.
+
+The rest of the prologue, per row b (``latent_prologue``):
+
+2. Interpolation between noise rows z_a and z_b at t[b]:
+   lerp   z = (1 - t) z_a + t z_b                      (exact at t = 0 and t = 1)
+   slerp  the angle omega between z_a and z_b is swept while the norm moves linearly:
+          z = n_t [sin((1-t) omega) z_a / |z_a| + sin(t omega) z_b / |z_b|] / sin omega,
+          n_t = (1 - t) |z_a| + t |z_b|. Exact at both ends, |z| = n_t between the two norms.
+          Falls back to lerp where sin omega < SLERP_EPS (parallel or anti-parallel) or a norm is 0.
+3. Steering: z = z + sum_k alpha[b, k] D[k]  (global D [K, Z]), or D[class_a[b], k] (D [C, K, Z]).
+4. Class embedding: y = (1 - s[b]) e(class_a[b]) + s[b] e(class_b[b]), e = one-hot rows of
+   width C, or rows of a learned table [C, E].
+5. Output x = concat(z, y) [B, Z + E], float32 (or float16 / bfloat16, rounded once at the end).
+
+The fused first layer (``first_layer``) maps x through the generator's linear first layer
+W = [W_z | W_e] [H, Z + E] without building the concat: a one-hot (or table-row) mix followed by
+a linear map is a mix of precomputed class columns, G = W_e e^T [H, C]:
+   h = W_z z + (1 - s) G[:, class_a] + s G[:, class_b] + bias.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ PHILOX_ROUND_B = 0xCD9E8D57
 UNIFORM_SCALE = 4.6566127342e-10
 TWO_PI = 6.283185307179586
 TRUNCATION_REDRAWS = 4
+SLERP_EPS = 1e-4
 
 _MASK32 = 0xFFFFFFFF
 
@@ -106,3 +125,125 @@ def noise(seeds: torch.Tensor, z_dim: int, truncation: float | None = None) -> t
             break
         z = torch.where(outside, randn(seed, offsets + r * z_dim), z)
     return z.clamp(-tau, tau)
+
+
+# Steps 2-5 ---------------------------------------------------------------------------------
+
+
+def lerp(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    t = t.reshape(-1, 1)
+    return (1 - t) * z_a + t * z_b
+
+
+def slerp(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of directions with linear interpolation of norms (see above)."""
+    t = t.reshape(-1, 1)
+    na = torch.linalg.vector_norm(z_a, dim=1, keepdim=True)
+    nb = torch.linalg.vector_norm(z_b, dim=1, keepdim=True)
+    dot = (z_a * z_b).sum(dim=1, keepdim=True)
+    denom = na * nb
+    cos = torch.clamp(dot / torch.where(denom > 0, denom, 1.0), -1.0, 1.0)
+    omega = torch.acos(cos)
+    sin_omega = torch.sin(omega)
+    degenerate = (sin_omega < SLERP_EPS) | (denom == 0)
+    safe_sin = torch.where(degenerate, 1.0, sin_omega)
+    n_t = (1 - t) * na + t * nb
+    ca = torch.sin((1 - t) * omega) / safe_sin * (n_t / torch.where(na > 0, na, 1.0))
+    cb = torch.sin(t * omega) / safe_sin * (n_t / torch.where(nb > 0, nb, 1.0))
+    return torch.where(degenerate, (1 - t) * z_a + t * z_b, ca * z_a + cb * z_b)
+
+
+def steer(
+    z: torch.Tensor,
+    alpha: torch.Tensor | None,
+    directions: torch.Tensor | None,
+    class_a: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """z + alpha @ D, with D [K, Z] global or [C, K, Z] per class (rows picked by class_a)."""
+    if alpha is None or directions is None or directions.shape[-2] == 0:
+        return z
+    if directions.dim() == 2:
+        return z + alpha @ directions
+    return z + torch.einsum("bk,bkz->bz", alpha, directions[class_a])
+
+
+def embed_classes(
+    class_a: torch.Tensor,
+    class_b: torch.Tensor | None = None,
+    s: torch.Tensor | None = None,
+    n_classes: int | None = None,
+    table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = (1 - s) e(a) + s e(b); e = one-hot of width n_classes, or rows of ``table`` [C, E]."""
+    if table is None:
+        table = torch.eye(n_classes, dtype=torch.float32, device=class_a.device)
+    y = table[class_a]
+    if class_b is not None and s is not None:
+        s = s.reshape(-1, 1)
+        y = (1 - s) * y + s * table[class_b]
+    return y
+
+
+def prologue_z(
+    *,
+    seed_a: torch.Tensor | None = None,
+    seed_b: torch.Tensor | None = None,
+    z_a: torch.Tensor | None = None,
+    z_b: torch.Tensor | None = None,
+    z_dim: int | None = None,
+    truncation: float | None = None,
+    t: torch.Tensor | None = None,
+    method: str = "lerp",
+    alpha: torch.Tensor | None = None,
+    directions: torch.Tensor | None = None,
+    class_a: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Steps 1-3: the (interpolated, steered) noise rows z [B, Z], float32."""
+    if z_a is None:
+        z_a = noise(seed_a, z_dim, truncation)
+    if t is not None:
+        if z_b is None:
+            z_b = noise(seed_b, z_a.shape[1], truncation)
+        z_a = (slerp if method == "slerp" else lerp)(z_a, z_b, t)
+    return steer(z_a, alpha, directions, class_a)
+
+
+def latent_prologue(
+    *,
+    class_a: torch.Tensor,
+    class_b: torch.Tensor | None = None,
+    s: torch.Tensor | None = None,
+    n_classes: int | None = None,
+    table: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    **noise_and_controls,
+) -> torch.Tensor:
+    """Steps 1-5: x = concat(z, y) [B, Z + E] (keyword arguments as in ``prologue_z``)."""
+    z = prologue_z(class_a=class_a, **noise_and_controls)
+    y = embed_classes(class_a, class_b, s, n_classes, table)
+    return torch.cat([z, y], dim=1).to(out_dtype)
+
+
+def class_columns(w_e: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    """G^T [C, H]: the first layer's response to each class embedding row (W_e e^T, transposed)."""
+    return w_e.t().contiguous() if table is None else (table @ w_e.t()).contiguous()
+
+
+def first_layer(
+    *,
+    w_z: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    class_a: torch.Tensor,
+    class_b: torch.Tensor | None = None,
+    s: torch.Tensor | None = None,
+    **noise_and_controls,
+) -> torch.Tensor:
+    """h = W_z z + (1 - s) G[:, a] + s G[:, b] + bias  [B, H], float32.
+
+    ``w_z`` [H, Z] is the noise part of the first layer's weight, ``columns`` = G^T [C, H]
+    (see ``class_columns``) and ``bias`` [H].
+    """
+    z = prologue_z(class_a=class_a, **noise_and_controls)
+    h = z @ w_z.t() + embed_classes(class_a, class_b, s, table=columns)
+    return h if bias is None else h + bias
