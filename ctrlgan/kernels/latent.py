@@ -283,7 +283,7 @@ def _check(x, name: str, dtype, ndim: int, device, rows: int | None = None):
     if device is not None and x.device != device:
         raise ValueError(f"{name}: on {x.device}, but class_a is on {device}")
     if rows is not None and x.shape[0] != rows:
-        raise ValueError(f"{name}: expected {rows} rows (the batch), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected {rows} rows, got shape {tuple(x.shape)}")
     if not x.is_contiguous():
         raise ValueError(f"{name}: must be contiguous")
     return x
@@ -406,6 +406,7 @@ def latent_prologue(
     n_classes: int | None = None,
     table: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
     **noise_and_controls,
 ) -> torch.Tensor:
     """x = concat(z, y) [B, Z + E] in one launch (arguments as in reference.latent_prologue).
@@ -414,7 +415,8 @@ def latent_prologue(
     [B, Z]). Interpolation: ``t`` (float32 [B]) with ``seed_b`` or ``z_b``, ``method`` lerp or
     slerp. Steering: ``alpha`` (float32 [B, K]) with ``directions`` ([K, Z] or [C, K, Z]).
     Classes: ``class_a`` (int64 [B]), optionally ``class_b`` and ``s`` for a mix; one-hot of
-    width ``n_classes`` or rows of ``table`` (float32 [C, E]).
+    width ``n_classes`` or rows of ``table`` (float32 [C, E]). ``out``: a preallocated
+    contiguous [B, Z + E] tensor of ``out_dtype`` to write into (e.g. a CUDA-graph buffer).
     """
     args = prepare(class_a=class_a, class_b=class_b, s=s, **noise_and_controls)
     if (n_classes is None) == (table is None):
@@ -428,8 +430,15 @@ def latent_prologue(
         width = n_classes
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype: must be one of {OUT_DTYPES}, got {out_dtype}")
+    shape = (args.batch, args.z_dim + width)
+    if out is None:
+        out = torch.empty(shape, dtype=out_dtype, device=args.device)
+    else:
+        _check(out, "out", out_dtype, 2, args.device, args.batch)
+        if tuple(out.shape) != shape:
+            raise ValueError(f"out: shape {tuple(out.shape)}, expected {shape}")
     if not use_triton(args.device):
-        return reference.latent_prologue(
+        want = reference.latent_prologue(
             class_a=class_a,
             class_b=class_b,
             s=s,
@@ -438,7 +447,7 @@ def latent_prologue(
             out_dtype=out_dtype,
             **noise_and_controls,
         )
-    out = torch.empty(args.batch, args.z_dim + width, dtype=out_dtype, device=args.device)
+        return out.copy_(want)
     ts = args.tensors
     params = (
         out,

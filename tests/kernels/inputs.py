@@ -1,0 +1,62 @@
+"""Random inputs for the latent-prologue kernels, shared by their tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def make_inputs(
+    B: int,
+    Z: int,
+    K: int = 0,
+    C: int = 10,
+    embedding: str = "onehot",  # onehot | soft | learned
+    method: str | None = None,  # None | lerp | slerp
+    truncation: float | None = None,
+    per_class: bool = False,
+    from_seeds: bool = True,
+    E: int = 7,
+    device: str = "cpu",
+    generator: torch.Generator | None = None,
+) -> dict:
+    """Keyword arguments of latent_prologue: fresh random values (never zeros) every call."""
+    g = generator
+    randn = lambda *shape: torch.randn(*shape, generator=g).to(device)
+    rand = lambda *shape: torch.rand(*shape, generator=g).to(device)
+    ints = lambda high, n: torch.randint(0, high, (n,), generator=g).to(device)
+    kw: dict = {"class_a": ints(C, B)}
+    if from_seeds:
+        kw["seed_a"] = ints(2**62, B)
+        kw["z_dim"] = Z
+        if truncation is not None:
+            kw["truncation"] = truncation
+    else:
+        kw["z_a"] = randn(B, Z)
+    if method is not None:
+        kw["t"] = rand(B)
+        kw["method"] = method
+        if from_seeds:
+            kw["seed_b"] = ints(2**62, B)
+        else:
+            kw["z_b"] = randn(B, Z)
+    if K or per_class:
+        kw["alpha"] = randn(B, K) * 2
+        kw["directions"] = randn(C, K, Z) if per_class else randn(K, Z)
+    if embedding in ("soft", "learned"):
+        kw["class_b"] = ints(C, B)
+        kw["s"] = rand(B)
+    if embedding == "learned":
+        kw["table"] = randn(C, E)
+    else:
+        kw["n_classes"] = C
+    return kw
+
+
+def row_relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max over rows of ||got - want|| / ||want|| (float32 row norms)."""
+    got, want = got.float(), want.float()
+    return float(((got - want).norm(dim=1) / want.norm(dim=1)).max())

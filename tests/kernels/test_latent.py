@@ -1,0 +1,232 @@
+"""The fused latent prologue against its torch reference (interpreter mode on the CPU)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from ctrlgan.kernels import latent
+from ctrlgan.kernels import reference as ref
+from tests.kernels.inputs import make_inputs, row_relative_error
+
+pytestmark = pytest.mark.skipif(
+    not latent.INTERPRET and not torch.cuda.is_available(),
+    reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py) or CUDA",
+)
+
+# A covering grid: every B, Z, K, embedding, method, truncation and table kind appears, in
+# varied combinations (the full product is ~1,000 interpreter runs).
+CASES = [
+    # B,   Z,   K, C,    embedding, method,  trunc, per_class
+    (1, 8, 0, 10, "onehot", None, None, False),
+    (1, 100, 5, 10, "learned", "slerp", 1.0, True),
+    (3, 8, 1, 10, "soft", "lerp", None, False),
+    (3, 128, 0, 1000, "onehot", "slerp", 0.7, False),
+    (64, 64, 5, 10, "soft", "slerp", None, False),
+    (64, 100, 1, 37, "learned", "lerp", 1.5, True),
+    (64, 8, 5, 1000, "soft", None, 0.5, True),
+    (257, 64, 0, 10, "learned", None, None, False),
+    (257, 100, 5, 10, "soft", "slerp", 0.8, False),
+    (257, 128, 1, 1000, "soft", "lerp", None, True),
+    (257, 8, 5, 3, "onehot", "slerp", 2.0, True),
+]
+
+
+@pytest.mark.parametrize("B, Z, K, C, embedding, method, truncation, per_class", CASES)
+def test_prologue_matches_reference(B, Z, K, C, embedding, method, truncation, per_class):
+    kw = make_inputs(B, Z, K, C, embedding, method, truncation, per_class)
+    width = Z + (7 if embedding == "learned" else C)
+    out = torch.full((B, width), float("nan"))  # poisoned: every element must be written
+    got = latent.latent_prologue(out=out, **kw)
+    assert got is out
+    want = ref.latent_prologue(**kw)
+    assert torch.isfinite(got).all()
+    assert row_relative_error(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("B, Z, tau", [(1, 8, 0.5), (257, 100, 1.0), (64, 128, 2.0)])
+def test_truncated_noise_is_bounded_and_redrawn(B, Z, tau):
+    kw = make_inputs(B, Z, C=4, truncation=tau)
+    z = latent.latent_prologue(**kw)[:, :Z]
+    assert z.abs().max() <= tau
+    # redrawn from later counters before the clamp: far fewer values sit on the bound than the
+    # share P(|z| > tau) that a plain clamp would put there
+    outside = math.erfc(tau / math.sqrt(2))
+    assert (z.abs() == tau).float().mean() <= 0.5 * outside
+    torch.testing.assert_close(z, ref.noise(kw["seed_a"], Z, truncation=tau), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("embedding", ["onehot", "soft", "learned"])
+def test_given_noise_rows(embedding):
+    kw = make_inputs(5, 33, 2, 10, embedding, "slerp", per_class=True, from_seeds=False)
+    got = latent.latent_prologue(**kw)
+    assert row_relative_error(got, ref.latent_prologue(**kw)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
+def test_reduced_precision_output(dtype, tol):
+    kw = make_inputs(64, 64, 1, 10, "soft", "lerp")
+    got = latent.latent_prologue(out_dtype=dtype, **kw)
+    assert got.dtype == dtype
+    want = ref.latent_prologue(**kw)
+    assert row_relative_error(got, want) <= tol
+    # rounded once, from the float32 result
+    assert torch.equal(got, want.to(dtype)) or row_relative_error(got, want.to(dtype)) <= tol
+
+
+def test_onehot_and_mix_values_exact():
+    kw = make_inputs(9, 8, C=5, embedding="soft")
+    kw["s"][:3] = 0.0
+    kw["s"][3:6] = 1.0
+    y = latent.latent_prologue(**kw)[:, 8:]
+    a, b, s = kw["class_a"], kw["class_b"], kw["s"]
+    for row in range(9):
+        expected = torch.zeros(5)
+        expected[a[row]] += 1 - s[row]
+        expected[b[row]] += s[row]
+        torch.testing.assert_close(y[row], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_rows_are_batch_invariant():
+    kw = make_inputs(100, 64, 5, 10, "soft", "slerp", 1.2, True)
+    full = latent.latent_prologue(**kw)
+    perm = torch.randperm(100)
+    permuted = {
+        k: (v[perm] if isinstance(v, torch.Tensor) and v.shape[:1] == (100,) else v)
+        for k, v in kw.items()
+    }
+    assert torch.equal(latent.latent_prologue(**permuted), full[perm])
+    single = {
+        k: (v[[17]] if isinstance(v, torch.Tensor) and v.shape[:1] == (100,) else v)
+        for k, v in kw.items()
+    }
+    assert torch.equal(latent.latent_prologue(**single), full[[17]])
+
+
+def test_cpu_without_interpreter_uses_the_reference(monkeypatch):
+    monkeypatch.setattr(latent, "INTERPRET", False)
+    kw = make_inputs(7, 20, 2, 10, "soft", "slerp", 1.0)
+    out = torch.full((7, 30), float("nan"))
+    assert torch.equal(latent.latent_prologue(out=out, **kw), ref.latent_prologue(**kw))
+
+
+# Slerp properties, on the reference and the kernel ---------------------------------------------
+
+vectors = st.lists(st.floats(-10, 10, allow_nan=False, width=32), min_size=12, max_size=12).map(
+    lambda v: torch.tensor(v, dtype=torch.float32)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=vectors, b=vectors, t=st.floats(0, 1, width=32))
+def test_slerp_endpoints_exact_and_norms_between(a, b, t):
+    na, nb = float(a.norm()), float(b.norm())
+    assume(na > 1e-3 and nb > 1e-3)
+    za, zb = a[None], b[None]
+    assert torch.equal(ref.slerp(za, zb, torch.tensor([0.0])), za)
+    assert torch.equal(ref.slerp(za, zb, torch.tensor([1.0])), zb)
+    cos = float(a @ b) / (na * nb)
+    assume(abs(cos) < 1 - 1e-3)  # away from the parallel / anti-parallel fallback
+    n = float(ref.slerp(za, zb, torch.tensor([t])).norm())
+    assert min(na, nb) * (1 - 1e-5) <= n <= max(na, nb) * (1 + 1e-5)
+    assert n == pytest.approx((1 - t) * na + t * nb, rel=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(a=vectors, b=vectors, t=st.floats(0, 1, width=32))
+def test_kernel_slerp_endpoints_and_norms(a, b, t):
+    na, nb = float(a.norm()), float(b.norm())
+    assume(na > 1e-3 and nb > 1e-3 and abs(float(a @ b)) / (na * nb) < 1 - 1e-3)
+    kw = {
+        "z_a": torch.stack([a, a, a]),
+        "z_b": torch.stack([b, b, b]),
+        "t": torch.tensor([0.0, 1.0, t]),
+        "method": "slerp",
+        "class_a": torch.zeros(3, dtype=torch.int64),
+        "n_classes": 1,
+    }
+    x = latent.latent_prologue(**kw)[:, :12]
+    assert torch.equal(x[0], a) and torch.equal(x[1], b)
+    assert float(x[2].norm()) == pytest.approx((1 - t) * na + t * nb, rel=1e-5)
+
+
+def test_slerp_falls_back_to_lerp_when_degenerate():
+    a = torch.randn(1, 16)
+    for b in (3 * a, -2 * a, torch.zeros_like(a)):
+        t = torch.tensor([0.3])
+        torch.testing.assert_close(ref.slerp(a, b, t), ref.lerp(a, b, t))
+        kw = {
+            "z_a": a,
+            "z_b": b,
+            "t": t,
+            "method": "slerp",
+            "class_a": torch.zeros(1, dtype=torch.int64),
+            "n_classes": 2,
+        }
+        torch.testing.assert_close(latent.latent_prologue(**kw)[:, :16], ref.lerp(a, b, t))
+
+
+def test_slerp_is_spherical_for_unit_vectors():
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    mid = ref.slerp(a, b, torch.tensor([0.5]))
+    torch.testing.assert_close(mid, torch.tensor([[math.sqrt(0.5), math.sqrt(0.5)]]))
+
+
+# Validation ------------------------------------------------------------------------------------
+
+
+def _valid():
+    return make_inputs(4, 8, 2, 5, "soft", "lerp", 1.0)
+
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        (lambda k: k.update(class_a=k["class_a"].int()), TypeError, "class_a"),
+        (lambda k: k.update(class_a=torch.zeros(0, dtype=torch.int64)), ValueError, "empty"),
+        (lambda k: k.update(seed_a=k["seed_a"][:3]), ValueError, "seed_a"),
+        (lambda k: k.update(z_a=torch.randn(4, 8)), ValueError, "exactly one"),
+        (lambda k: k.update(z_dim=0), ValueError, "z_dim"),
+        (lambda k: k.update(truncation=float("nan")), ValueError, "truncation"),
+        (lambda k: k.update(method="cubic"), ValueError, "method"),
+        (lambda k: k.pop("seed_b"), ValueError, "seed_b"),
+        (lambda k: k.update(t=k["t"].double()), TypeError, "t"),
+        (lambda k: k.pop("directions"), ValueError, "alpha / directions"),
+        (lambda k: k.update(directions=torch.randn(3, 8)), ValueError, "directions"),
+        (
+            lambda k: k.update(alpha=torch.randn(4, 2).t().contiguous().t()),
+            ValueError,
+            "contiguous",
+        ),
+        (lambda k: k.pop("s"), ValueError, "class_b / s"),
+        (lambda k: k.update(table=torch.randn(5, 3)), ValueError, "n_classes / table"),
+        (lambda k: k.update(n_classes=0), ValueError, "n_classes"),
+        (lambda k: k.update(out_dtype=torch.int32), ValueError, "out_dtype"),
+        (lambda k: k.update(out=torch.empty(4, 12)), ValueError, "out"),
+        (lambda k: k.update(class_a=[0, 1, 2, 3]), TypeError, "class_a"),
+    ],
+)
+def test_launcher_rejects_bad_arguments(change, error, words):
+    kw = _valid()
+    change(kw)
+    with pytest.raises(error, match=words):
+        latent.latent_prologue(**kw)
+
+
+def test_truncation_needs_seeds():
+    kw = make_inputs(2, 8, from_seeds=False)
+    with pytest.raises(ValueError, match="truncation"):
+        latent.latent_prologue(truncation=1.0, **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B, Z, K, C, embedding, method, truncation, per_class", CASES)
+def test_compiled_prologue_matches_reference(B, Z, K, C, embedding, method, truncation, per_class):
+    kw = make_inputs(B, Z, K, C, embedding, method, truncation, per_class, device="cuda")
+    got = latent.latent_prologue(**kw)
+    want = ref.latent_prologue(
+        **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    )
+    assert row_relative_error(got.cpu(), want) <= 1e-5
