@@ -91,6 +91,8 @@ def parse_correlate(text: str) -> list:
 def cmd_train(args: argparse.Namespace) -> int:
     from ctrlgan.training.train import TrainConfig, TrainingInterrupted, train
 
+    if args.threads < 0:
+        raise InvalidRequest("threads", f"must be >= 0 (0: torch's default), got {args.threads}")
     if args.threads:
         import torch
 
@@ -126,6 +128,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise InvalidRequest("output", f"must be a .png file, got {str(out)!r}")
     if not 0 <= args.seed <= 2**64 - args.n:
         raise InvalidRequest("seed", f"seeds must lie in [0, 2**64), got first seed {args.seed}")
+    if args.n * len(classes) > g.max_batch:
+        raise InvalidRequest(
+            "n", f"{args.n} x {len(classes)} classes exceeds the batch limit {g.max_batch}"
+        )
     # A class-by-seed grid: one row per class, the same n seeds in every row.
     seeds = [args.seed + i for i in range(args.n)] * len(classes)
     rows = [c for c in classes for _ in range(args.n)]

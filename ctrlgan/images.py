@@ -11,6 +11,8 @@ import numpy as np
 from ctrlgan._fs import make_readable
 from ctrlgan.errors import InvalidRequest
 
+MAX_GRID_PIXELS = 1 << 28  # 268 megapixels: far beyond any useful grid, well within memory
+
 
 def to_uint8(x) -> np.ndarray:
     """Images in [-1, 1], NCHW (numpy or torch), to uint8 NHWC in [0, 255] (rounded, clipped)."""
@@ -51,18 +53,32 @@ def save_grid(x, path, nrow: int = 8, scale: int = 1, padding: int = 2) -> Path:
 
     if scale < 1:
         raise InvalidRequest("scale", f"must be >= 1, got {scale}")
-    grid = make_grid(x, nrow=nrow, padding=padding)
-    if scale > 1:
-        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     path = Path(path)
     if not path.parent.is_dir():
         raise InvalidRequest("output", f"directory {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    if path.is_dir():
+        raise InvalidRequest("output", f"{str(path)!r} is a directory")
+    grid = make_grid(x, nrow=nrow, padding=padding)
+    if grid.shape[0] * grid.shape[1] * scale * scale > MAX_GRID_PIXELS:
+        raise InvalidRequest(
+            "scale",
+            f"a {grid.shape[1] * scale}x{grid.shape[0] * scale} grid exceeds "
+            f"{MAX_GRID_PIXELS:,} pixels; lower the scale or the number of images",
+        )
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    except OSError as e:  # name the user's path, not the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from e
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(grid).save(f, format="PNG")
         make_readable(Path(tmp))
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

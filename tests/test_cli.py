@@ -101,6 +101,9 @@ def test_train_help_documents_every_option(capsys):
         (["sample", "{model}", "--truncation", "-1"], ["truncation"]),
         (["sample", "{model}", "--seed", "-3"], ["seed"]),
         (["sample", "{model}", "--n", "x"], ["--n"]),
+        (["sample", "{model}", "--n", "100000000", "--class", "0-9"], ["n", "batch limit"]),
+        (["sample", "{model}", "--scale", "100000", "-o", "{tmp}/x.png"], ["scale", "pixels"]),
+        (["train", "--threads", "-1", "--out", "{tmp}/t"], ["threads"]),
         (["train", "--loss", "hinge"], ["--loss"]),
         (["train", "--data", "shapes", "--correlate", "scale:pos_y"], ["correlate"]),
         (
@@ -120,6 +123,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_model, argv, wo
     code, _, err = run(capsys, *argv)
     assert_one_line_error(code, err, *[w.format(**fill) for w in words])
     assert not list(tmp_path.glob("**/*.png"))  # nothing half-written
+
+
+def test_output_that_is_a_directory_is_refused(tmp_path, capsys, tiny_model):
+    (tmp_path / "grid.png").mkdir()
+    code, _, err = run(
+        capsys, "sample", str(tiny_model.artifact.path), "-o", f"{tmp_path}/grid.png"
+    )
+    assert_one_line_error(code, err, "output", "grid.png", "directory")
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
 
 
 def test_tampered_model_is_refused(tmp_path, capsys, tiny_model):

@@ -27,7 +27,10 @@ The rest of the prologue, per row b (``latent_prologue``):
    slerp  the angle omega between z_a and z_b is swept while the norm moves linearly:
           z = n_t [sin((1-t) omega) z_a / |z_a| + sin(t omega) z_b / |z_b|] / sin omega,
           n_t = (1 - t) |z_a| + t |z_b|. Exact at both ends, |z| = n_t between the two norms.
-          Falls back to lerp where sin omega < SLERP_EPS (parallel or anti-parallel) or a norm is 0.
+          omega = 2 asin(|a^ - b^| / 2) (or pi - 2 asin(|a^ + b^| / 2), whichever chord is
+          shorter; a^, b^ the unit directions): accurate at both ends, unlike acos(a^ . b^).
+          Falls back to lerp where sin omega = |a^ - b^| |a^ + b^| / 2 < SLERP_EPS (within about
+          1e-3 rad of parallel or anti-parallel, where slerp is ill-conditioned) or a norm is 0.
 3. Steering: z = z + sum_k alpha[b, k] D[k]  (global D [K, Z]), or D[class_a[b], k] (D [C, K, Z]).
 4. Class embedding: y = (1 - s[b]) e(class_a[b]) + s[b] e(class_b[b]), e = one-hot rows of
    width C, or rows of a learned table [C, E].
@@ -41,6 +44,8 @@ a linear map is a mix of precomputed class columns, G = W_e e^T [H, C]:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 PHILOX_ROUNDS = 10
@@ -51,7 +56,7 @@ PHILOX_ROUND_B = 0xCD9E8D57
 UNIFORM_SCALE = 4.6566127342e-10
 TWO_PI = 6.283185307179586
 TRUNCATION_REDRAWS = 4
-SLERP_EPS = 1e-4
+SLERP_EPS = 1e-3
 
 _MASK32 = 0xFFFFFFFF
 
@@ -140,13 +145,19 @@ def slerp(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor
     t = t.reshape(-1, 1)
     na = torch.linalg.vector_norm(z_a, dim=1, keepdim=True)
     nb = torch.linalg.vector_norm(z_b, dim=1, keepdim=True)
-    dot = (z_a * z_b).sum(dim=1, keepdim=True)
-    denom = na * nb
-    cos = torch.clamp(dot / torch.where(denom > 0, denom, 1.0), -1.0, 1.0)
-    omega = torch.acos(cos)
-    sin_omega = torch.sin(omega)
-    degenerate = (sin_omega < SLERP_EPS) | (denom == 0)
-    safe_sin = torch.where(degenerate, 1.0, sin_omega)
+    # The angle from the chords |a^ - b^| = 2 sin(w/2) and |a^ + b^| = 2 cos(w/2), the smaller
+    # one through asin: accurate near parallel and anti-parallel, where acos(cos) is not.
+    ua = z_a / torch.where(na > 0, na, 1.0)
+    ub = z_b / torch.where(nb > 0, nb, 1.0)
+    dm = torch.linalg.vector_norm(ua - ub, dim=1, keepdim=True)
+    dp = torch.linalg.vector_norm(ua + ub, dim=1, keepdim=True)
+    omega = torch.where(
+        dm <= dp,
+        2 * torch.asin(torch.clamp_max(dm / 2, 1.0)),
+        math.pi - 2 * torch.asin(torch.clamp_max(dp / 2, 1.0)),
+    )
+    degenerate = (dm * dp / 2 < SLERP_EPS) | (na == 0) | (nb == 0)  # dm dp / 2 = sin omega
+    safe_sin = torch.where(degenerate, 1.0, torch.sin(omega))
     n_t = (1 - t) * na + t * nb
     ca = torch.sin((1 - t) * omega) / safe_sin * (n_t / torch.where(na > 0, na, 1.0))
     cb = torch.sin(t * omega) / safe_sin * (n_t / torch.where(nb > 0, nb, 1.0))

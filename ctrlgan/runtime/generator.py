@@ -94,7 +94,9 @@ class Generator:
         """
         spec, scalar = request.parse_classes(classes, self.classes)
         rows = None if scalar else len(spec.class_a)
-        seed_rows = request.parse_seeds(seeds, n, seed, rows if rows is not None else 1)
+        seed_rows = request.parse_seeds(
+            seeds, n, seed, rows if rows is not None else 1, limit=self.max_batch
+        )
         if scalar:
             count = len(seed_rows)
             spec = request.ClassSpec(

@@ -77,9 +77,12 @@ def parse_classes(classes, names: Sequence[str]) -> tuple[ClassSpec, bool]:
     return spec, scalar
 
 
-def parse_seeds(seeds, n: int | None, seed: int, rows: int | None) -> np.ndarray:
+def parse_seeds(
+    seeds, n: int | None, seed: int, rows: int | None, limit: int | None = None
+) -> np.ndarray:
     """Seeds as uint64 [B]. ``seeds`` (list, range, array) wins; else ``n`` seeds from ``seed``;
-    else one seed per class row (``rows``) from ``seed``."""
+    else one seed per class row (``rows``) from ``seed``. More than ``limit`` seeds is refused
+    before anything is built."""
     if seeds is not None:
         if n is not None:
             raise InvalidRequest("n", "give either seeds or n, not both")
@@ -91,6 +94,8 @@ def parse_seeds(seeds, n: int | None, seed: int, rows: int | None) -> np.ndarray
             raise InvalidRequest(
                 "seeds", f"expected a list or range of ints, got {type(seeds).__name__}"
             )
+        if limit is not None and len(seeds) > limit:
+            raise InvalidRequest("seeds", f"{len(seeds)} images exceed the batch limit {limit}")
         values = list(seeds)
         if not values:
             raise InvalidRequest("seeds", "empty list")
@@ -105,6 +110,8 @@ def parse_seeds(seeds, n: int | None, seed: int, rows: int | None) -> np.ndarray
     count = n if n is not None else rows
     if n is not None and (not _is_int(n) or n < 1):
         raise InvalidRequest("n", f"must be an int >= 1, got {n!r}")
+    if limit is not None and count > limit:
+        raise InvalidRequest("n", f"{count} images exceed the batch limit {limit}")
     if int(seed) + int(count) > MAX_SEED:
         raise InvalidRequest("seed", "seed + n exceeds 2**64")
     return np.arange(int(count), dtype=np.uint64) + np.uint64(int(seed))

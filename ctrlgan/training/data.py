@@ -377,10 +377,14 @@ def load_image_folder(path, size: int | None = None, channels: int | None = None
             raise DataError(
                 str(p),
                 f"size {im.size[0]}x{im.size[1]} differs from {first[0]}x{first[1]} "
-                "(the first image's): pass size= to resize",
+                "(the first image's): resize with --image-size (size= in Python)",
             )
         if size is None and im.size[0] != im.size[1]:
-            raise DataError(str(p), f"{im.size[0]}x{im.size[1]} is not square: pass size=")
+            raise DataError(
+                str(p),
+                f"{im.size[0]}x{im.size[1]} is not square: "
+                "resize with --image-size (size= in Python)",
+            )
         try:
             a = _image_array(im, channels, p)
         except DataError:
@@ -460,7 +464,9 @@ def load_npz(path, size: int | None = None) -> Dataset:
         raise DataError(source, f"key 'images' must be uint8 or float, got {images.dtype}")
     h, w = images.shape[2:]
     if size is None and h != w:
-        raise DataError(source, f"images are {h}x{w}, not square: pass size= to resize")
+        raise DataError(
+            source, f"images are {h}x{w}, not square: resize with --image-size (size= in Python)"
+        )
 
     if "classes" in data:
         names = data["classes"]
@@ -517,7 +523,10 @@ def load_idx(images_path, labels_path, size: int | None = None) -> Dataset:
         raise DataError(str(images_path), "holds no images")
     h, w = images.shape[1:]
     if size is None and h != w:
-        raise DataError(str(images_path), f"images are {h}x{w}, not square: pass size=")
+        raise DataError(
+            str(images_path),
+            f"images are {h}x{w}, not square: resize with --image-size (size= in Python)",
+        )
     classes = [str(i) for i in range(int(labels.max()) + 1)]
     x = images[:, None].astype(np.float32) / 255.0
     return _finish(str(images_path), x, labels, classes, size)

@@ -152,20 +152,43 @@ def test_kernel_slerp_endpoints_and_norms(a, b, t):
     assert float(x[2].norm()) == pytest.approx((1 - t) * na + t * nb, rel=1e-5)
 
 
-def test_slerp_falls_back_to_lerp_when_degenerate():
-    a = torch.randn(1, 16)
-    for b in (3 * a, -2 * a, torch.zeros_like(a)):
-        t = torch.tensor([0.3])
+@pytest.mark.parametrize("Z", [16, 100])
+def test_slerp_falls_back_to_lerp_when_degenerate(Z):
+    a = torch.randn(12, Z)
+    scale = torch.rand(12, 1) * 4 + 0.1
+    t = torch.rand(12)
+    for b in (scale * a, -scale * a, torch.zeros_like(a)):
         torch.testing.assert_close(ref.slerp(a, b, t), ref.lerp(a, b, t))
         kw = {
             "z_a": a,
             "z_b": b,
             "t": t,
             "method": "slerp",
-            "class_a": torch.zeros(1, dtype=torch.int64),
+            "class_a": torch.zeros(12, dtype=torch.int64),
             "n_classes": 2,
         }
-        torch.testing.assert_close(latent.latent_prologue(**kw)[:, :16], ref.lerp(a, b, t))
+        torch.testing.assert_close(latent.latent_prologue(**kw)[:, :Z], ref.lerp(a, b, t))
+
+
+@pytest.mark.parametrize("angle", [2e-3, 0.05, 1.0, math.pi - 0.05, math.pi - 2e-3])
+def test_slerp_near_parallel_and_anti_parallel(angle):
+    """Just outside the fallback the angle is still accurate: kernel = reference = geometry."""
+    Z = 40
+    u = torch.nn.functional.normalize(torch.randn(8, Z), dim=1)
+    v = torch.randn(8, Z)
+    v = torch.nn.functional.normalize(v - (v * u).sum(1, keepdim=True) * u, dim=1)  # v _|_ u
+    a = 2.0 * u
+    b = 3.0 * (math.cos(angle) * u + math.sin(angle) * v)
+    t = torch.rand(8)
+    want_dir = torch.cos(t * angle)[:, None] * u + torch.sin(t * angle)[:, None] * v
+    want = ((1 - t) * 2.0 + t * 3.0)[:, None] * want_dir
+    got_ref = ref.slerp(a, b, t)
+    kw = {"z_a": a, "z_b": b, "t": t, "method": "slerp", "n_classes": 1,
+          "class_a": torch.zeros(8, dtype=torch.int64)}  # fmt: skip
+    got = latent.latent_prologue(**kw)[:, :Z]
+    tol = 2e-4 if min(angle, math.pi - angle) < 1e-2 else 1e-5
+    assert row_relative_error(got_ref, want) <= tol
+    assert row_relative_error(got, want) <= tol
 
 
 def test_slerp_is_spherical_for_unit_vectors():

@@ -121,6 +121,12 @@ def test_batch_limit(tiny_model):
     assert g.sample(classes=1, n=4).shape[0] == 4
     with pytest.raises(InvalidRequest, match="batch limit"):
         g.sample(classes=1, n=5)
+    with pytest.raises(InvalidRequest, match="batch limit"):
+        g.sample(classes=1, seeds=range(5))
+    # refused before any array is built: a huge request fails at once, not after allocating
+    with pytest.raises(InvalidRequest, match="batch limit") as e:
+        g.sample(classes=1, n=10**12)
+    assert e.value.field == "n"
 
 
 def test_bad_backend_and_device(tiny_model):

@@ -123,6 +123,7 @@ def test_shape_centroid_is_its_position(shapes):
         assert np.abs(cx[sel] - f[sel, 2] * size).max() < 1.0, shapes.classes[cls]
         assert np.abs(cy[sel] - f[sel, 3] * size).max() < 1.0, shapes.classes[cls]
     # Tighter on average: the centre is the area centroid, not e.g. a bounding-box centre.
+    assert np.abs(cx - f[:, 2] * size).mean() < 0.1
     assert np.abs(cy - f[:, 3] * size).mean() < 0.1
 
 

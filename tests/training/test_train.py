@@ -143,6 +143,47 @@ def test_gradient_penalty_of_a_linear_critic():
     torch.testing.assert_close(gp, (w.norm() - 1) ** 2)
 
 
+def test_loss_values_match_their_definitions():
+    real, fake = torch.randn(9), torch.randn(9)
+    softplus = torch.nn.functional.softplus
+    # BCE: D wants real -> 1, fake -> 0; G wants fake -> 1 (the source's non-saturating loss)
+    torch.testing.assert_close(
+        losses.bce_discriminator(real, fake), (softplus(-real).mean() + softplus(fake).mean()) / 2
+    )
+    torch.testing.assert_close(losses.bce_generator(fake), softplus(-fake).mean())
+    torch.testing.assert_close(losses.wasserstein_critic(real, fake), fake.mean() - real.mean())
+    torch.testing.assert_close(losses.wasserstein_generator(fake), -fake.mean())
+
+
+def test_optimizer_is_the_sources_adam(tmp_path, monkeypatch):
+    """Adam with lr 2e-4 and betas (0.5, 0.999) for both networks, unless configured."""
+    made = []
+    adam = torch.optim.Adam
+
+    def recording_adam(params, **kw):
+        made.append(kw)
+        return adam(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", recording_adam)
+    train(TrainConfig(out=str(tmp_path / "a"), **{**FAST, "steps": 1}), progress=False)
+    assert made == [{"lr": 2e-4, "betas": (0.5, 0.999)}] * 2
+
+
+def test_gradient_penalty_enters_the_critic_loss(tmp_path):
+    """W-loss runs with and without the penalty train different generators."""
+    weights = []
+    for gp_weight in (10.0, 1e-9):
+        config = TrainConfig(
+            out=str(tmp_path / f"gp{gp_weight:g}"),
+            loss="wgan-gp",
+            gp_weight=gp_weight,
+            d_steps=1,
+            **{**FAST, "steps": 2},
+        )
+        weights.append(load_file(train(config, progress=False).artifact.path / GENERATOR_WEIGHTS))
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_ctrl_c_checkpoints_and_resumes(tmp_path):
     out = tmp_path / "int"
     cmd = [
