@@ -1,6 +1,6 @@
 """The fused latent-prologue kernels against eager torch and torch.compile, side by side.
 
-    python benchmarks/bench_kernels.py                      # every batch size, JSON to results/
+    python benchmarks/bench_kernels.py                      # default sizes, JSON to results/
     python benchmarks/bench_kernels.py --batch-sizes 1,64 --no-save
 
 Workload (the sampling hot path with every control on): noise from two seeds per row, lerp
@@ -46,11 +46,15 @@ from ctrlgan.kernels import reference as ref
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = "1,64,1024,16384,262144"
+CPU_SIZES = "1,64,1024,16384"  # the torch reference takes seconds per call beyond these
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-sizes", default=DEFAULT_SIZES, help="comma-separated (%(default)s)")
+    p.add_argument(
+        "--batch-sizes",
+        help=f"comma-separated (default: {DEFAULT_SIZES} on CUDA, {CPU_SIZES} on a CPU)",
+    )
     p.add_argument("--z-dim", type=int, default=64, help="noise width Z (%(default)s)")
     p.add_argument("--classes", type=int, default=10, help="one-hot width C (%(default)s)")
     p.add_argument("--directions", type=int, default=4, help="steering directions K (%(default)s)")
@@ -62,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-save", action="store_true", help="print only, write no JSON")
     p.add_argument("--out", type=Path, help="JSON path (default: results/kernels-<device>-<date>)")
     args = p.parse_args(argv)
+    if args.batch_sizes is None:
+        args.batch_sizes = DEFAULT_SIZES if torch.cuda.is_available() else CPU_SIZES
     try:
         args.sizes = [int(b) for b in args.batch_sizes.split(",")]
     except ValueError:

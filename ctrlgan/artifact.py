@@ -6,7 +6,8 @@
                             sha256 of every other file
     generator.safetensors   generator weights, eval-ready (BatchNorm statistics included)
     directions.safetensors  direction table (written by `ctrlgan directions`)
-    generator.onnx          the exported graph (written by `ctrlgan export`)
+    generator*.onnx         the exported graphs (written by `ctrlgan export`), their
+                            input/output signatures recorded in the manifest
 
 Writes are atomic: the new directory is assembled beside the target and renamed into place,
 so a reader sees the old artifact or the new one, never a mix. Reads verify the format
@@ -32,6 +33,7 @@ from ctrlgan.network import ConditionalGenerator, GeneratorConfig
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 GENERATOR_WEIGHTS = "generator.safetensors"
+DIRECTIONS = "directions.safetensors"
 BUNDLED_DIR = Path(__file__).parent / "models"
 
 
@@ -46,6 +48,7 @@ class Manifest:
     directions: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    onnx: dict[str, dict] = field(default_factory=dict)  # ONNX file name -> its signature
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -90,6 +93,9 @@ class Manifest:
             raise ArtifactError(path, "embedding disagrees with the generator config")
         if not all(isinstance(v, str) and len(v) == 64 for v in self.files.values()):
             raise ArtifactError(path, "files must map file names to sha256 hex digests")
+        unsigned = [n for n in self.files if n.endswith(".onnx") and n not in self.onnx]
+        if unsigned or not isinstance(self.onnx, dict):
+            raise ArtifactError(path, f"onnx: no signature recorded for {', '.join(unsigned)}")
 
     @property
     def generator_config(self) -> GeneratorConfig:
@@ -231,6 +237,7 @@ def write_artifact(
                     shutil.copy2(path / name, tmp / name)
                     written[name] = digest
         manifest.files = dict(sorted(written.items()))
+        manifest.onnx = {k: v for k, v in sorted(manifest.onnx.items()) if k in manifest.files}
         manifest._check(str(tmp / MANIFEST))
         (tmp / MANIFEST).write_text(manifest.to_json())
         make_readable(tmp)

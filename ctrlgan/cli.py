@@ -176,6 +176,41 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ctrlgan.export import onnx as export
+
+    if not args.check_only:
+        artifact = export.export(args.model)
+        for name in export.ONNX_FILES:
+            size = (artifact.path / name).stat().st_size
+            print(f"wrote {artifact.path / name} ({size / 1e6:.2f} MB)")
+    if not (args.check or args.check_only):
+        return 0
+    rows = export.check(args.model, reference_batches=args.reference_batches)
+    print(f"{'file':<22}{'runner':<13}{'batch':>6}{'max |error|':>14}{'limit':>9}")
+    for r in rows:
+        verdict = "ok" if r.ok else "FAIL"
+        print(
+            f"{r.file:<22}{r.runner:<13}{r.batch:>6}{r.max_abs_error:>14.2e}"
+            f"{r.tolerance:>9.0e}  {verdict}"
+        )
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        print(f"ctrlgan export: {len(failed)} check(s) over the limit", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated batch sizes, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return values
+
+
 # Parser ----------------------------------------------------------------------------------
 
 
@@ -320,6 +355,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", help="runtime backend")
     s.add_argument("-o", "--output", default="samples.png", help="PNG file to write")
     s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser(
+        "export",
+        help="write the model's ONNX graphs into its artifact",
+        description="Write generator.onnx (the ONNX contract: z_a, z_b, t, class_a, class_b, s, "
+        "alpha -> image, the latent prologue as the function ctrlgan.LatentPrep), "
+        "generator.fp16.onnx and generator.body.onnx (latent -> image) into the artifact, "
+        "with their checksums and signatures in the manifest. The artifact is replaced "
+        "atomically; on any error it is left as it was.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument(
+        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
+    )
+    e.add_argument(
+        "--check",
+        action="store_true",
+        help="then compare every graph with the torch model (onnxruntime, the ONNX reference "
+        "evaluator, the inlined graph) at batches 1, 7 and 256; exit 1 if one is off",
+    )
+    e.add_argument("--check-only", action="store_true", help="check the graphs already exported")
+    e.add_argument(
+        "--reference-batches",
+        type=_batches,
+        default=None,
+        metavar="B,B",
+        help="batches for the (slow) ONNX reference evaluator (default: all checked batches)",
+    )
+    e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="show a model artifact's manifest (verifies checksums)")
     i.add_argument(
