@@ -207,7 +207,8 @@ def write_artifact(
 
     ``tensors`` maps safetensors file names to state dicts and ``files`` other file names to
     bytes. With ``keep``, files of an existing artifact at ``path`` that the manifest lists and
-    this call does not replace are carried over (so adding directions keeps the ONNX graph).
+    this call does not replace are carried over, except ONNX graphs when the weights or the
+    direction table change (they bake both in: re-export).
     The manifest's ``files`` is recomputed from what is written.
     """
     from safetensors.torch import save_file
@@ -230,9 +231,13 @@ def write_artifact(
         for name, data in (files or {}).items():
             (tmp / name).write_bytes(data)
             written[name] = sha256_file(tmp / name)
+        # Exported graphs bake in the weights and the direction table: new ones make them stale.
+        stale = {GENERATOR_WEIGHTS, DIRECTIONS} & set(written)
         if keep and (path / MANIFEST).is_file():
             old = Artifact.open(path)
             for name, digest in old.manifest.files.items():
+                if stale and name.endswith(".onnx"):
+                    continue
                 if name not in written and name in manifest.files:
                     shutil.copy2(path / name, tmp / name)
                     written[name] = digest

@@ -38,3 +38,15 @@ def test_kernels_import_nothing_else_from_ctrlgan():
     for f in files:
         others = {m for m in ctrlgan_imports(f) if not m.startswith("ctrlgan.kernels")}
         assert not others, (f.name, others)
+
+
+def test_export_and_runtime_follow_the_data_flow():
+    """training -> artifact -> export -> runtime: export never imports training or runtime, and
+    runtime never imports training (statically, not only on the sampling path)."""
+    for folder, banned in (("export", ("ctrlgan.training", "ctrlgan.runtime")),
+                           ("runtime", ("ctrlgan.training",))):  # fmt: skip
+        files = list((PACKAGE / folder).glob("*.py"))
+        assert files
+        for f in files:
+            bad = {m for m in ctrlgan_imports(f) if m.startswith(banned)}
+            assert not bad, (folder, f.name, bad)

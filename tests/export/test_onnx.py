@@ -212,3 +212,31 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, model, capsys, argv, wor
 def test_check_only_without_export_names_the_file(model, capsys):
     assert main(["export", str(model), "--check-only"]) == 2
     assert "generator.onnx" in capsys.readouterr().err
+
+
+def test_bundled_models_ship_up_to_date_graphs():
+    """The shipped ONNX files are exactly what export builds from the shipped weights now (so a
+    change of weights or of the exporter without a re-export fails here)."""
+    from ctrlgan.artifact import bundled_models
+
+    for name in bundled_models():
+        artifact = Artifact.open(name)
+        fresh = export.build(artifact)
+        for file in export.ONNX_FILES:
+            shipped = export.verify_signature(artifact, file)
+            assert shipped.SerializeToString() == fresh[file].SerializeToString(), (name, file)
+
+
+def test_new_directions_or_weights_drop_stale_graphs(model):
+    export.export(model)
+    artifact = Artifact.open(model)
+    manifest = artifact.manifest
+    write_artifact(model, manifest, tensors={DIRECTIONS: {"directions": torch.randn(3, 12)}})
+    after = Artifact.open(model).manifest
+    assert not [f for f in after.files if f.endswith(".onnx")] and after.onnx == {}
+    assert not list(model.glob("*.onnx"))
+    # other additions keep them
+    export.export(model)
+    manifest = Artifact.open(model).manifest
+    write_artifact(model, manifest, tensors={}, files={"notes.txt": b"hello"})
+    assert export.GENERATOR_ONNX in Artifact.open(model).manifest.files

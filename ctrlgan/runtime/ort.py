@@ -1,0 +1,106 @@
+"""ONNX Runtime sessions for an exported generator.
+
+``OrtSession.open(artifact)`` verifies the graph against the signature in the manifest, then
+builds a session with every graph optimisation on and the thread counts asked for. The CUDA
+provider is requested only where CUDA is usable (torch sees a device and onnxruntime was built
+with the provider): asking for it elsewhere makes onnxruntime print errors, so a CPU machine gets
+the CPU provider alone and stays quiet.
+
+``run`` on the CUDA provider goes through an IOBinding: inputs are bound once, and onnxruntime
+writes the image straight into a numpy array allocated here. On the CPU provider the plain
+``session.run`` is faster (measured on 2 cores at batch 1: 37 µs plain, 42 µs with a reused
+binding, 47 µs with a new one; the binding's per-input wrappers cost more than they save when
+nothing crosses a device boundary), so ``run`` uses it there; ``run_bound`` forces the binding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ctrlgan.artifact import Artifact
+from ctrlgan.errors import BackendUnavailable, InvalidRequest
+from ctrlgan.export.onnx import GENERATOR_ONNX, verify_signature
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def cuda_usable() -> bool:
+    """Whether onnxruntime's CUDA provider can run here (not merely whether it is installed)."""
+    return torch.cuda.is_available() and CUDA in ort.get_available_providers()
+
+
+def providers_for(device: str) -> list[str]:
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if not cuda_usable():
+            raise BackendUnavailable(
+                "onnxruntime: CUDA is not usable here (needs a CUDA device and onnxruntime-gpu)"
+            )
+        return [CUDA, CPU]
+    raise InvalidRequest("device", f"must be 'cpu' or 'cuda', got {device!r}")
+
+
+class OrtSession:
+    """One onnxruntime session of an exported graph; ``run(feeds) -> image``."""
+
+    def __init__(
+        self,
+        model: bytes,
+        device: str = "cpu",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+    ):
+        for name, value in (("intra_op_threads", intra_op_threads),
+                            ("inter_op_threads", inter_op_threads)):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidRequest(name, f"must be an int >= 0 (0: all cores), got {value!r}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.log_severity_level = 3  # errors only
+        self.device = device
+        self.session = ort.InferenceSession(model, options, providers=providers_for(device))
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        (out,) = self.session.get_outputs()
+        self.output = out.name
+        self.output_shape = tuple(out.shape[1:])  # per image; the batch is symbolic
+        if not all(isinstance(d, int) for d in self.output_shape):
+            raise InvalidRequest("model", f"output {out.name} has a symbolic image shape")
+
+    @classmethod
+    def open(cls, artifact: Artifact, name: str = GENERATOR_ONNX, **options) -> OrtSession:
+        """A session of the artifact's graph ``name``, checked against the manifest first."""
+        model = verify_signature(artifact, name)
+        return cls(model.SerializeToString(), **options)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's output for ``feeds`` (numpy arrays by input name), as a new array."""
+        if CUDA in self.providers:
+            return self.run_bound(feeds)
+        self._check_feeds(feeds)
+        return self.session.run([self.output], feeds)[0]
+
+    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+        if sorted(feeds) != sorted(self.inputs):
+            raise InvalidRequest("feeds", f"expected inputs {self.inputs}, got {sorted(feeds)}")
+
+    def run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """``run`` through an IOBinding, the output written into a preallocated array."""
+        self._check_feeds(feeds)
+        batch = len(next(iter(feeds.values())))
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        out = np.empty((batch, *self.output_shape), dtype=np.float32)
+        binding.bind_output(self.output, "cpu", 0, np.float32, out.shape, out.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return out
