@@ -240,3 +240,15 @@ def test_new_directions_or_weights_drop_stale_graphs(model):
     manifest = Artifact.open(model).manifest
     write_artifact(model, manifest, tensors={}, files={"notes.txt": b"hello"})
     assert export.GENERATOR_ONNX in Artifact.open(model).manifest.files
+
+
+def test_tampered_weights_are_refused_and_nothing_is_written(model):
+    with open(model / "generator.safetensors", "r+b") as f:
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 1]))
+    before = _snapshot(model)
+    with pytest.raises(ArtifactError, match="generator.safetensors"):
+        export.export(model)
+    assert _snapshot(model) == before
