@@ -119,8 +119,11 @@ class ConditionalGenerator(nn.Module):
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """The generator after the prologue: latent x [B, Z + E] -> image [B, C, H, W]."""
-        h = self.fc(x).view(-1, self.ch0, self.s0, self.s0)
-        h = torch.relu(self.bn0(h))
+        return self.body_after_fc(self.fc(x))
+
+    def body_after_fc(self, h: torch.Tensor) -> torch.Tensor:
+        """The body from the first layer's output h [B, ch0 * s0 * s0] on."""
+        h = torch.relu(self.bn0(h.view(-1, self.ch0, self.s0, self.s0)))
         h = self.blocks(h)
         return torch.tanh(self.out(h))
 

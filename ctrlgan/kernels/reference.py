@@ -31,7 +31,8 @@ The rest of the prologue, per row b (``latent_prologue``):
           shorter; a^, b^ the unit directions): accurate at both ends, unlike acos(a^ . b^).
           Falls back to lerp where sin omega = |a^ - b^| |a^ + b^| / 2 < SLERP_EPS (within about
           1e-3 rad of parallel or anti-parallel, where slerp is ill-conditioned) or a norm is 0.
-3. Steering: z = z + sum_k alpha[b, k] D[k]  (global D [K, Z]), or D[class_a[b], k] (D [C, K, Z]).
+3. Steering: z = z + sum_k alpha[b, k] D[k]  (global D [K, Z]), or D[class_a[b], k] (D [C, K, Z]),
+   accumulated in order of k.
 4. Class embedding: y = (1 - s[b]) e(class_a[b]) + s[b] e(class_b[b]), e = one-hot rows of
    width C, or rows of a learned table [C, E].
 5. Output x = concat(z, y) [B, Z + E], float32 (or float16 / bfloat16, rounded once at the end).
@@ -170,12 +171,15 @@ def steer(
     directions: torch.Tensor | None,
     class_a: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """z + alpha @ D, with D [K, Z] global or [C, K, Z] per class (rows picked by class_a)."""
+    """z + sum_k alpha[:, k] D[k], with D [K, Z] global or [C, K, Z] per class (rows picked by
+    class_a), accumulated one direction at a time as the kernel does: elementwise, so a row's
+    result does not depend on the batch (a matmul's blocking would)."""
     if alpha is None or directions is None or directions.shape[-2] == 0:
         return z
-    if directions.dim() == 2:
-        return z + alpha @ directions
-    return z + torch.einsum("bk,bkz->bz", alpha, directions[class_a])
+    rows = directions if directions.dim() == 2 else directions[class_a]  # [K, Z] or [B, K, Z]
+    for k in range(directions.shape[-2]):
+        z = z + alpha[:, k : k + 1] * rows[..., k, :]
+    return z
 
 
 def embed_classes(

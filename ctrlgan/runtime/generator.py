@@ -1,11 +1,13 @@
 """The sampling API: ``ctrlgan.load(...)`` returns a Generator with a few verbs.
 
-A Generator holds one verified model artifact and one backend. Requests are validated in full
-before any work starts (ctrlgan.runtime.request), noise comes from per-image seeds by the
-Philox contract (ctrlgan.kernels.reference), and results are float32 NCHW arrays in [-1, 1].
+A Generator holds one verified model artifact and one backend (backends.py). Every request is
+validated in full into Rows before any work starts (request.py); noise comes from per-image
+seeds by the Philox contract; results are float32 NCHW arrays in [-1, 1] by default, or uint8
+NHWC arrays, torch tensors or PIL images on request.
 
-Backends here: "torch", the eager reference. "auto" picks the fastest backend that works on
-this machine from those available.
+Backends: "torch" (eager reference), "onnxruntime" (the exported generator.onnx), "triton"
+(CUDA: fused prologue kernel + CUDA-graph body). "auto" takes triton where CUDA is usable,
+else onnxruntime where the model is exported, else torch.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ import torch
 
 from ctrlgan.artifact import Artifact
 from ctrlgan.errors import BackendUnavailable, InvalidRequest
-from ctrlgan.kernels.reference import noise as philox_noise
-from ctrlgan.kernels.reference import seeds_to_int64
-from ctrlgan.runtime import request
+from ctrlgan.images import to_uint8
+from ctrlgan.runtime import backends, request
+from ctrlgan.runtime import noise as host_noise
+from ctrlgan.runtime.request import Rows
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", *backends.NAMES)
+OUTPUTS = ("float32", "uint8", "torch", "pil")
+METHODS = ("lerp", "slerp")
 DEFAULT_MAX_BATCH = 65536
-CHUNK = 1024  # rows per backend call, bounding memory for large requests
 
 
 class Generator:
-    """Seeded, class-conditional sampling from one model artifact."""
+    """Seeded, class-conditional, steerable sampling from one model artifact."""
 
     def __init__(
         self,
@@ -35,6 +39,7 @@ class Generator:
         backend: str = "auto",
         device: str | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        threads: int = 0,
     ):
         if backend not in BACKENDS:
             raise InvalidRequest(
@@ -44,12 +49,27 @@ class Generator:
             raise InvalidRequest("device", f"must be None, 'cpu' or 'cuda', got {device!r}")
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("device 'cuda' requested but no CUDA device is usable here")
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise InvalidRequest("max_batch", f"must be an int >= 1, got {max_batch!r}")
+        if device is None:
+            cuda = torch.cuda.is_available() and backend in ("auto", "triton")
+            device = "cuda" if cuda else "cpu"
+        self.device = torch.device(device)
+        if backend == "auto":
+            backend = next(
+                b for b in ("triton", "onnxruntime", "torch")
+                if backends.usable(b, artifact, self.device)
+            )  # fmt: skip
         self.artifact = artifact
         self.manifest = artifact.manifest
-        self.backend = "torch"
-        self.device = torch.device(device or "cpu")
         self.max_batch = max_batch
-        self._net = artifact.build_generator().to(self.device)
+        if backend == "torch":
+            self._backend = backends.TorchBackend(artifact, self.device)
+        elif backend == "onnxruntime":
+            self._backend = backends.OnnxRuntimeBackend(artifact, self.device, threads)
+        else:
+            self._backend = backends.TritonBackend(artifact, self.device, min(max_batch, 65536))
+        self.backend = backend
 
     # Metadata ---------------------------------------------------------------------------
     @property
@@ -84,53 +104,147 @@ class Generator:
         seed: int = 0,
         steer=None,
         truncation: float | None = None,
-    ) -> np.ndarray:
-        """Images of the requested classes: float32 [N, C, H, W] in [-1, 1].
+        output: str = "float32",
+    ):
+        """Images of the requested classes: float32 [N, C, H, W] in [-1, 1] by default.
 
         classes: an index or name for every image, a list with one per image, or class mixes
-        (class_a, class_b, s) giving (1 - s) e(a) + s e(b). seeds: one int per image (list or
-        range), or ``n`` seeds counting up from ``seed`` (a single class is repeated).
-        The same (seed, class, controls) always gives the same image.
+        (class_a, class_b, s) giving (1 - s) e(a) + s e(b). seeds: one int per image (list,
+        range, or a string like "0-15" or "1,4,7-9"), or ``n`` seeds counting up from ``seed``
+        (a single class is repeated). steer: {feature: alpha, or one alpha per image}.
+        output: "float32" (NCHW in [-1, 1]), "uint8" (NHWC), "torch" (a float32 tensor) or
+        "pil" (a list of PIL images). The same (seed, class, controls) always gives the same
+        image, whatever else shares the batch.
         """
+        check_output(output)
+        rows = self.prepare(classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation)
+        return convert(self.run(rows), output)
+
+    def interpolate(
+        self,
+        start,
+        end,
+        steps: int = 8,
+        *,
+        method: str = "slerp",
+        truncation: float | None = None,
+        output: str = "float32",
+    ):
+        """A strip of ``steps`` images from ``start`` to ``end``, each a (seed, class) pair:
+        the noise moves by lerp or slerp while the class embedding moves linearly."""
+        check_output(output)
+        if method not in METHODS:
+            raise InvalidRequest("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
+        if (
+            not isinstance(steps, int)
+            or isinstance(steps, bool)
+            or not 2 <= steps <= self.max_batch
+        ):
+            raise InvalidRequest("steps", f"must be an int in 2..{self.max_batch}, got {steps!r}")
+        (seed_a, class_a), (seed_b, class_b) = (
+            _endpoint(p, name, self.classes) for p, name in ((start, "start"), (end, "end"))
+        )
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)
+        rows = Rows(
+            seeds=np.full(steps, seed_a, np.uint64),
+            class_a=np.full(steps, class_a, np.int64),
+            class_b=np.full(steps, class_b, np.int64),
+            s=t.copy(),
+            alpha=np.zeros((steps, len(self.features)), np.float32),
+            truncation=request.parse_truncation(truncation),
+            seeds_b=np.full(steps, seed_b, np.uint64),
+            t=t,
+            method=method,
+        )
+        return convert(self.run(rows), output)
+
+    def traverse(
+        self,
+        seed: int,
+        cls,
+        feature: str,
+        alphas=(-3.0, -1.5, 0.0, 1.5, 3.0),
+        *,
+        truncation: float | None = None,
+        output: str = "float32",
+    ):
+        """One seed and class stepped along one feature's direction, one image per alpha."""
+        check_output(output)
+        if feature not in self.features:
+            known = ", ".join(self.features) or "none: this model has no direction table"
+            raise InvalidRequest("feature", f"unknown feature {feature!r}; known: {known}")
+        values = np.asarray(alphas, dtype=np.float64) if not isinstance(alphas, str) else None
+        if values is None or values.ndim != 1 or len(values) == 0:
+            raise InvalidRequest("alphas", "must be a non-empty list of numbers")
+        if not np.isfinite(values).all():
+            raise InvalidRequest("alphas", "must be finite (no NaN or inf)")
+        return self.sample(
+            classes=cls, seeds=[seed] * len(values), steer={feature: values},
+            truncation=truncation, output=output,
+        )  # fmt: skip
+
+    # The two halves of every verb (the micro-batcher calls them separately) ----------------
+    def prepare(
+        self, classes=None, seeds=None, *, n=None, seed=0, steer=None, truncation=None
+    ) -> Rows:
+        """Validate a sample request into Rows; raises InvalidRequest naming the field."""
         spec, scalar = request.parse_classes(classes, self.classes)
-        rows = None if scalar else len(spec.class_a)
+        count = None if scalar else len(spec.class_a)
         seed_rows = request.parse_seeds(
-            seeds, n, seed, rows if rows is not None else 1, limit=self.max_batch
+            seeds, n, seed, count if count is not None else 1, limit=self.max_batch
         )
         if scalar:
-            count = len(seed_rows)
-            spec = request.ClassSpec(
-                np.repeat(spec.class_a, count),
-                np.repeat(spec.class_b, count),
-                np.repeat(spec.s, count),
-            )
+            repeat = lambda a: np.repeat(a, len(seed_rows))
+            spec = request.ClassSpec(repeat(spec.class_a), repeat(spec.class_b), repeat(spec.s))
         elif len(seed_rows) != len(spec.class_a):
             raise InvalidRequest(
                 "seeds",
                 f"{len(seed_rows)} seeds for {len(spec.class_a)} classes: give one per image",
             )
-        count = len(seed_rows)
-        if count > self.max_batch:
-            raise InvalidRequest("seeds", f"{count} images exceed the batch limit {self.max_batch}")
         tau = request.parse_truncation(truncation)
-        alpha = request.parse_steer(steer, self.features, count)
-        if alpha.any():
-            raise InvalidRequest("steer", "this model has no direction table to steer along")
-        out = np.empty((count, *self.image_shape), dtype=np.float32)
-        for start in range(0, count, CHUNK):
-            stop = min(start + CHUNK, count)
-            out[start:stop] = self._run(seed_rows[start:stop], spec, start, stop, tau)
+        alpha = request.parse_steer(steer, self.features, len(seed_rows))
+        return Rows(seed_rows, spec.class_a, spec.class_b, spec.s, alpha, tau)
+
+    def run(self, rows: Rows) -> np.ndarray:
+        """Images of validated rows: float32 [N, C, H, W], computed in chunks."""
+        if len(rows) > self.max_batch:
+            raise InvalidRequest(
+                "seeds", f"{len(rows)} images exceed the batch limit {self.max_batch}"
+            )
+        chunk = self._backend.chunk
+        if len(rows) <= chunk:
+            return self._backend(rows)
+        out = np.empty((len(rows), *self.image_shape), dtype=np.float32)
+        for start in range(0, len(rows), chunk):
+            stop = min(start + chunk, len(rows))
+            out[start:stop] = self._backend(rows.slice(start, stop))
         return out
 
-    def _run(self, seeds: np.ndarray, spec, start: int, stop: int, tau) -> np.ndarray:
-        z = philox_noise(seeds_to_int64(seeds.tolist()), self.z_dim, tau).to(self.device)
-        a = torch.from_numpy(spec.class_a[start:stop]).to(self.device)
-        b = torch.from_numpy(spec.class_b[start:stop]).to(self.device)
-        s = torch.from_numpy(spec.s[start:stop]).to(self.device)
-        with torch.inference_mode():
-            y = self._net.embed(a, b, s)
-            x = self._net.body(torch.cat([z, y], dim=1))
-        return x.cpu().numpy()
+
+def check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        raise InvalidRequest("output", f"must be one of {', '.join(OUTPUTS)}, got {output!r}")
+
+
+def convert(images: np.ndarray, output: str):
+    """float32 NCHW images in [-1, 1] to the requested output form."""
+    if output == "float32":
+        return images
+    if output == "torch":
+        return torch.from_numpy(images)
+    u8 = to_uint8(images)
+    if output == "uint8":
+        return u8
+    from PIL import Image
+
+    return [Image.fromarray(im[:, :, 0] if im.shape[2] == 1 else im) for im in u8]
+
+
+def _endpoint(point, name: str, classes) -> tuple[int, int]:
+    if not isinstance(point, (tuple, list)) or len(point) != 2:
+        raise InvalidRequest(name, f"must be a (seed, class) pair, got {point!r}")
+    seeds = request.parse_seeds([point[0]], None, 0, None)
+    return int(seeds[0]), request.class_index(point[1], classes, name)
 
 
 def load(
@@ -138,10 +252,20 @@ def load(
     backend: str = "auto",
     device: str | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
+    threads: int = 0,
 ) -> Generator:
-    """Load a bundled model by name (e.g. "digits") or an artifact directory by path."""
+    """Load a bundled model by name (e.g. "digits") or an artifact directory by path.
+
+    backend: "auto", "torch", "onnxruntime" or "triton"; device: None (the backend's
+    choice), "cpu" or "cuda"; max_batch: the most images one call may ask for; threads: CPU
+    threads of the onnxruntime backend (0: all cores).
+    """
     return Generator(
-        Artifact.open(name_or_path), backend=backend, device=device, max_batch=max_batch
+        Artifact.open(name_or_path),
+        backend=backend,
+        device=device,
+        max_batch=max_batch,
+        threads=threads,
     )
 
 
@@ -151,4 +275,4 @@ def noise(seeds, z_dim: int, truncation: float | None = None) -> np.ndarray:
         raise InvalidRequest("z_dim", f"must be an int >= 1, got {z_dim!r}")
     values = request.parse_seeds(seeds, None, 0, None)
     tau = request.parse_truncation(truncation)
-    return philox_noise(seeds_to_int64(values.tolist()), int(z_dim), tau).numpy()
+    return host_noise.philox(values, int(z_dim), tau)

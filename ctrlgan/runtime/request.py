@@ -16,6 +16,54 @@ from ctrlgan.errors import InvalidRequest
 MAX_SEED = 2**64
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A validated request, one entry per image: what every backend consumes.
+
+    Noise z_a from ``seeds`` (and z_b from ``seeds_b`` when ``t`` is given, interpolated by
+    ``method``), steered by ``alpha`` [N, K]; class embedding from class_a, class_b and s.
+    """
+
+    seeds: np.ndarray  # uint64 [N]
+    class_a: np.ndarray  # int64 [N]
+    class_b: np.ndarray  # int64 [N]
+    s: np.ndarray  # float32 [N]
+    alpha: np.ndarray  # float32 [N, K]
+    truncation: float | None = None
+    seeds_b: np.ndarray | None = None  # uint64 [N], with t
+    t: np.ndarray | None = None  # float32 [N]
+    method: str = "lerp"
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def key(self) -> tuple:
+        """Rows with equal keys can share one backend call (see ``concat``)."""
+        return (self.truncation, self.t is not None, self.method if self.t is not None else None)
+
+    def slice(self, start: int, stop: int) -> Rows:
+        cut = lambda a: None if a is None else a[start:stop]
+        return Rows(
+            self.seeds[start:stop], self.class_a[start:stop], self.class_b[start:stop],
+            self.s[start:stop], self.alpha[start:stop], self.truncation,
+            cut(self.seeds_b), cut(self.t), self.method,
+        )  # fmt: skip
+
+    @staticmethod
+    def concat(parts: Sequence[Rows]) -> Rows:
+        if len({p.key for p in parts}) != 1:
+            raise ValueError("rows with different truncation or interpolation cannot be joined")
+        first = parts[0]
+        cat = lambda name: np.concatenate([getattr(p, name) for p in parts])
+        interp = first.t is not None
+        return Rows(
+            cat("seeds"), cat("class_a"), cat("class_b"), cat("s"), cat("alpha"),
+            first.truncation, cat("seeds_b") if interp else None, cat("t") if interp else None,
+            first.method,
+        )  # fmt: skip
+
+
 @dataclass
 class ClassSpec:
     """Per-row class embedding inputs: y = (1 - s) e(class_a) + s e(class_b)."""
@@ -88,6 +136,8 @@ def parse_seeds(
             raise InvalidRequest("n", "give either seeds or n, not both")
         if _is_int(seeds):
             seeds = [seeds]
+        if isinstance(seeds, str):
+            seeds = parse_seed_string(seeds)
         if isinstance(seeds, np.ndarray):
             seeds = seeds.tolist()
         if not isinstance(seeds, (Sequence, range)) or isinstance(seeds, str):
@@ -115,6 +165,26 @@ def parse_seeds(
     if int(seed) + int(count) > MAX_SEED:
         raise InvalidRequest("seed", "seed + n exceeds 2**64")
     return np.arange(int(count), dtype=np.uint64) + np.uint64(int(seed))
+
+
+def parse_seed_string(text: str) -> list[int]:
+    """'0-15' or '1,4,7-9' (StyleGAN's --seeds) -> a list of ints."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first = int(lo)
+            last = int(hi) if sep else first
+        except ValueError:
+            raise InvalidRequest(
+                "seeds", f"expected e.g. '0-15' or '1,4,7-9', got {text!r}"
+            ) from None
+        if last < first:
+            raise InvalidRequest("seeds", f"empty range {part.strip()!r} in {text!r}")
+        if last - first >= 1 << 20:
+            raise InvalidRequest("seeds", f"range {part.strip()!r} is too long")
+        out.extend(range(first, last + 1))
+    return out
 
 
 def parse_truncation(truncation) -> float | None:

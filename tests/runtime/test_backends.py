@@ -1,0 +1,179 @@
+"""Backends: batch invariance (bit-identical on the CPU), agreement across backends, the
+interpolate / traverse verbs, output forms, and backend selection."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import ctrlgan
+from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
+from ctrlgan.errors import BackendUnavailable, InvalidRequest
+from ctrlgan.export import onnx as export
+from ctrlgan.kernels import reference as ref
+
+CPU_BACKENDS = ["torch", "onnxruntime"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, tiny_model):
+    """The tiny model with two steering directions, exported to ONNX."""
+    path = tmp_path_factory.mktemp("backends") / "model"
+    shutil.copytree(tiny_model.artifact.path, path)
+    manifest = Artifact.open(path).manifest
+    manifest.directions = ["up", "left"]
+    torch.manual_seed(3)
+    write_artifact(path, manifest, tensors={DIRECTIONS: {"directions": torch.randn(2, 12)}})
+    export.export(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gens(model):
+    return {b: ctrlgan.load(model, backend=b) for b in CPU_BACKENDS}
+
+
+def _random_request(rng, n):
+    classes = [
+        (int(a), int(b), float(s)) if s > 0.5 else int(a)
+        for a, b, s in zip(
+            rng.integers(0, 10, n), rng.integers(0, 10, n), rng.random(n), strict=True
+        )
+    ]
+    seeds = [int(s) for s in rng.integers(0, 2**64 - 1, n, dtype=np.uint64)]
+    steer = {"up": rng.normal(size=n).tolist(), "left": float(rng.normal())}
+    return {"classes": classes, "seeds": seeds, "steer": steer}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rows_are_bit_identical_whatever_shares_the_batch(gens, backend):
+    g = gens[backend]
+    rng = np.random.default_rng()
+    req = _random_request(rng, 300)
+    full = g.sample(**req, truncation=2.0)
+    for start, size in [(0, 1), (17, 1), (5, 2), (40, 3), (99, 7), (3, 16), (150, 64), (1, 299)]:
+        part = {
+            "classes": req["classes"][start : start + size],
+            "seeds": req["seeds"][start : start + size],
+            "steer": {"up": req["steer"]["up"][start : start + size], "left": req["steer"]["left"]},
+        }
+        got = g.sample(**part, truncation=2.0)
+        assert np.array_equal(got, full[start : start + size]), (backend, start, size)
+
+
+def test_torch_backend_restores_onednn(gens):
+    assert torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+    gens["torch"].sample(classes=1, seeds=[1])
+    assert torch._C._get_mkldnn_enabled()
+
+
+def test_backends_agree_and_match_the_definition(gens, model):
+    rng = np.random.default_rng()
+    req = _random_request(rng, 33)
+    images = {b: g.sample(**req) for b, g in gens.items()}
+    assert np.abs(images["torch"] - images["onnxruntime"]).max() <= 1e-4
+    # the definition: Philox noise, steering along the table, class mix, the generator module
+    artifact = Artifact.open(model)
+    net = artifact.build_generator()
+    table = artifact.load_tensors(DIRECTIONS)["directions"]
+    rows = gens["torch"].prepare(**req)
+    z = ref.noise(torch.from_numpy(rows.seeds.view(np.int64)), 12)
+    z = z + torch.from_numpy(rows.alpha) @ table
+    with torch.no_grad():
+        y = net.embed(*(torch.from_numpy(a) for a in (rows.class_a, rows.class_b, rows.s)))
+        want = net.body(torch.cat([z, y], dim=1)).numpy()
+    assert np.abs(images["onnxruntime"] - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("method", ["lerp", "slerp"])
+def test_interpolate(gens, model, backend, method):
+    g = gens[backend]
+    strip = g.interpolate((5, 3), (9, 7), steps=6, method=method)
+    assert strip.shape == (6, 1, 16, 16)
+    assert np.array_equal(strip[0], g.sample(classes=3, seeds=[5])[0])
+    np.testing.assert_allclose(strip[-1], g.sample(classes=7, seeds=[9])[0], atol=1e-6)
+    # every step: noise interpolated by the method, classes mixed linearly (s = t)
+    net = Artifact.open(model).build_generator()
+    za, zb = (torch.from_numpy(ctrlgan.noise([s], 12)) for s in (5, 9))
+    t = torch.linspace(0, 1, 6)
+    fn = ref.slerp if method == "slerp" else ref.lerp
+    z = fn(za.expand(6, -1), zb.expand(6, -1), t)
+    with torch.no_grad():
+        y = net.embed(torch.full((6,), 3), torch.full((6,), 7), t)
+        want = net.body(torch.cat([z, y], dim=1)).numpy()
+    assert np.abs(strip - want).max() <= 1e-5
+
+
+def test_traverse_moves_along_the_direction(gens):
+    g = gens["onnxruntime"]
+    alphas = [-2.0, 0.0, 1.5]
+    strip = g.traverse(seed=4, cls=2, feature="up", alphas=alphas)
+    assert strip.shape == (3, 1, 16, 16)
+    for alpha, image in zip(alphas, strip, strict=True):
+        want = g.sample(classes=2, seeds=[4], steer={"up": alpha})[0]
+        assert np.array_equal(image, want)
+    assert np.array_equal(strip[1], g.sample(classes=2, seeds=[4])[0])
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda g: g.traverse(seed=1, cls=0, feature="slant"), "feature"),
+        (lambda g: g.traverse(seed=1, cls=0, feature="up", alphas=[np.nan]), "alphas"),
+        (lambda g: g.traverse(seed=1, cls=0, feature="up", alphas=[]), "alphas"),
+        (lambda g: g.interpolate((1, 2), (3, 4), steps=1), "steps"),
+        (lambda g: g.interpolate((1, 2), (3, 4), method="cubic"), "method"),
+        (lambda g: g.interpolate((1, 2), 3), "end"),
+        (lambda g: g.interpolate((1, 12), (3, 4)), "start"),
+        (lambda g: g.sample(classes=1, seeds=[1], output="bmp"), "output"),
+        (lambda g: g.sample(classes=1, seeds="3-1"), "seeds"),
+        (lambda g: g.sample(classes=1, seeds="a-b"), "seeds"),
+        (lambda g: g.sample(classes=1, seeds=[1], steer={"up": np.inf}), "steer.up"),
+    ],
+)
+def test_bad_verb_arguments(gens, call, field):
+    with pytest.raises(InvalidRequest) as e:
+        call(gens["torch"])
+    assert e.value.field == field
+
+
+def test_output_forms_and_seed_strings(gens):
+    g = gens["onnxruntime"]
+    x = g.sample(classes=3, seeds="0-2,7")
+    assert np.array_equal(x, g.sample(classes=3, seeds=[0, 1, 2, 7]))
+    u8 = g.sample(classes=3, seeds="0-2,7", output="uint8")
+    assert u8.dtype == np.uint8 and u8.shape == (4, 16, 16, 1)
+    assert np.array_equal(u8, ctrlgan.to_uint8(x))
+    t = g.sample(classes=3, seeds="0-2,7", output="torch")
+    assert isinstance(t, torch.Tensor) and torch.equal(t, torch.from_numpy(x))
+    pil = g.sample(classes=3, seeds="0-2,7", output="pil")
+    assert len(pil) == 4 and pil[0].size == (16, 16)
+    assert np.array_equal(np.asarray(pil[3]), u8[3, :, :, 0])
+
+
+def test_backend_selection(tiny_model, model):
+    assert ctrlgan.load(model).backend == ("triton" if torch.cuda.is_available() else "onnxruntime")
+    if not torch.cuda.is_available():
+        # not exported: auto falls back to torch; asking for onnxruntime names the fix
+        assert ctrlgan.load(tiny_model.artifact.path).backend == "torch"
+        with pytest.raises(BackendUnavailable, match="ctrlgan export"):
+            ctrlgan.load(tiny_model.artifact.path, backend="onnxruntime")
+        with pytest.raises(BackendUnavailable, match="CUDA"):
+            ctrlgan.load(model, backend="triton")
+    with pytest.raises(InvalidRequest, match="max_batch"):
+        ctrlgan.load(model, max_batch=0)
+
+
+@pytest.mark.gpu
+def test_triton_backend_matches_onnxruntime(model):
+    g = ctrlgan.load(model, backend="triton")
+    cpu = ctrlgan.load(model, backend="onnxruntime", device="cpu")
+    req = _random_request(np.random.default_rng(0), 37)
+    got = g.sample(**req)
+    assert np.abs(got - cpu.sample(**req)).max() <= 1e-2  # float16 body
+    # within a bucket (33..64 rows), a row does not depend on the others
+    part = {"classes": req["classes"][:33], "seeds": req["seeds"][:33],
+            "steer": {"up": req["steer"]["up"][:33], "left": req["steer"]["left"]}}  # fmt: skip
+    assert np.array_equal(g.sample(**part), got[:33])
