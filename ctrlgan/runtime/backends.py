@@ -31,7 +31,7 @@ import torch
 from ctrlgan.artifact import Artifact
 from ctrlgan.errors import BackendUnavailable
 from ctrlgan.kernels import reference
-from ctrlgan.runtime import noise
+from ctrlgan.runtime import philox
 from ctrlgan.runtime.request import Rows
 
 NAMES = ("torch", "onnxruntime", "triton")
@@ -39,10 +39,10 @@ NAMES = ("torch", "onnxruntime", "triton")
 
 def host_latents(rows: Rows, z_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z_a, z_b, t) for graphs that lerp: noise from seeds; slerp already applied on the host."""
-    z_a = noise.philox(rows.seeds, z_dim, rows.truncation)
+    z_a = philox.normal(rows.seeds, z_dim, rows.truncation)
     if rows.t is None:
         return z_a, z_a, np.zeros(len(rows), np.float32)
-    z_b = noise.philox(rows.seeds_b, z_dim, rows.truncation)
+    z_b = philox.normal(rows.seeds_b, z_dim, rows.truncation)
     if rows.method == "slerp":
         ta, tb, tt = (torch.from_numpy(v) for v in (z_a, z_b, rows.t))
         z_a = reference.slerp(ta, tb, tt).numpy()

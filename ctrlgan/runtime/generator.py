@@ -20,8 +20,7 @@ import torch
 from ctrlgan.artifact import Artifact
 from ctrlgan.errors import BackendUnavailable, InvalidRequest
 from ctrlgan.images import to_uint8
-from ctrlgan.runtime import backends, request
-from ctrlgan.runtime import noise as host_noise
+from ctrlgan.runtime import backends, philox, request
 from ctrlgan.runtime.request import Rows
 
 BACKENDS = ("auto", *backends.NAMES)
@@ -275,4 +274,4 @@ def noise(seeds, z_dim: int, truncation: float | None = None) -> np.ndarray:
         raise InvalidRequest("z_dim", f"must be an int >= 1, got {z_dim!r}")
     values = request.parse_seeds(seeds, None, 0, None)
     tau = request.parse_truncation(truncation)
-    return host_noise.philox(values, int(z_dim), tau)
+    return philox.normal(values, int(z_dim), tau)

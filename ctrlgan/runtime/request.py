@@ -16,7 +16,7 @@ from ctrlgan.errors import InvalidRequest
 MAX_SEED = 2**64
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Rows:
     """A validated request, one entry per image: what every backend consumes.
 
@@ -94,6 +94,19 @@ def parse_classes(classes, names: Sequence[str]) -> tuple[ClassSpec, bool]:
     """Classes -> (ClassSpec, is_scalar). Items: index, name, or a mix (a, b, s), s in [0, 1]."""
     if classes is None:
         raise InvalidRequest("classes", "required: a class, or a list with one per image")
+    # Fast path (the common request): plain int indices in range.
+    if type(classes) is int and 0 <= classes < len(names):
+        a = np.array([classes], np.int64)
+        return ClassSpec(a, a, np.zeros(1, np.float32)), True
+    if (
+        type(classes) is list
+        and classes
+        and all(type(c) is int for c in classes)
+        and min(classes) >= 0
+        and max(classes) < len(names)
+    ):
+        a = np.array(classes, np.int64)
+        return ClassSpec(a, a, np.zeros(len(a), np.float32)), False  # rows are never mutated
     scalar = _is_int(classes) or isinstance(classes, (str, tuple))
     items = [classes] if scalar else classes
     if isinstance(items, np.ndarray):
@@ -134,6 +147,13 @@ def parse_seeds(
     if seeds is not None:
         if n is not None:
             raise InvalidRequest("n", "give either seeds or n, not both")
+        # Fast path: a short list of plain ints in range.
+        if (
+            type(seeds) is list
+            and 0 < len(seeds) <= (limit or len(seeds))
+            and all(type(v) is int and 0 <= v < MAX_SEED for v in seeds)
+        ):
+            return np.array(seeds, dtype=np.uint64)
         if _is_int(seeds):
             seeds = [seeds]
         if isinstance(seeds, str):
