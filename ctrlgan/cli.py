@@ -1,4 +1,4 @@
-"""The `ctrlgan` command: train | sample | info.
+"""The `ctrlgan` command: train | sample | generate | export | bench | info.
 
 User mistakes print one line on stderr and exit with status 2; Ctrl-C during training saves a
 checkpoint and exits with 130.
@@ -235,6 +235,55 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ctrlgan.artifact import Artifact
+    from ctrlgan.runtime import bench
+
+    artifact = Artifact.open(args.model)
+    for path, suffix in ((args.json, ".json"), (args.plot, ".png")):
+        if path is not None and (path.suffix.lower() != suffix or not path.parent.is_dir()):
+            raise InvalidRequest(
+                "json" if suffix == ".json" else "plot",
+                f"{str(path)!r} must be a {suffix} file in an existing directory",
+            )
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InvalidRequest("plot", "needs matplotlib: pip install 'ctrlgan[plot]'") from None
+    bench.check(list(args.backends), list(args.batch_sizes), args.rounds, args.warmup)
+    total = len(args.batch_sizes) * (args.rounds + args.warmup)
+    with tqdm(total=total, desc="bench", unit="round", disable=args.quiet, leave=False) as bar:
+        results, notes = bench.run(
+            artifact,
+            list(args.backends),
+            list(args.batch_sizes),
+            rounds=args.rounds,
+            warmup=args.warmup,
+            compile_=not args.no_compile,
+            progress=lambda *_: bar.update(1),
+        )
+    print(bench.table(results))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json is not None:
+        bench.write_json(args.json, results, notes, str(artifact.path))
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        bench.plot(args.plot, results)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more comma-separated names")
+    return names
+
+
 def _batches(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
@@ -246,6 +295,12 @@ def _batches(text: str) -> tuple[int, ...]:
 
 
 # Parser ----------------------------------------------------------------------------------
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -453,6 +508,36 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--backend", default="auto", help="runtime backend")
     j.add_argument("--quiet", action="store_true", help="no progress bar")
     j.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser(
+        "bench",
+        help="latency and throughput per backend and batch size",
+        description="Time Generator.sample per backend and batch size side by side in one run, "
+        "with the raw backend calls (onnxruntime session.run, the eager torch module) and "
+        "torch.compile where it works: p50/p90/p99 latency and images/s, as a table, and "
+        "optionally JSON and a PNG plot.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    b.add_argument(
+        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
+    )
+    b.add_argument(
+        "--backends",
+        type=_names,
+        default=("torch", "onnxruntime") + (("triton",) if _cuda() else ()),
+        metavar="A,B",
+        help="backends to time (unusable ones are skipped with a note)",
+    )
+    b.add_argument(
+        "--batch-sizes", type=_batches, default=(1, 8, 64, 256), metavar="B,B", help="batch sizes"
+    )
+    b.add_argument("--rounds", type=int, default=100, help="timed rounds per batch size")
+    b.add_argument("--warmup", type=int, default=10, help="untimed rounds first")
+    b.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    b.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    b.add_argument("--plot", type=Path, default=None, help="also write a PNG plot (matplotlib)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="show a model artifact's manifest (verifies checksums)")
     i.add_argument(

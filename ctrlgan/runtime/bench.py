@@ -116,6 +116,20 @@ def _contenders(artifact, setup: _Setup, batch: int, notes: list[str]) -> dict:
     return out
 
 
+def check(backends: list[str], batch_sizes: list[int], rounds: int, warmup: int) -> None:
+    """Refuse bad arguments before any work (InvalidRequest naming the field)."""
+    for b in backends:
+        if b not in BACKENDS or b == "auto":
+            known = ", ".join(BACKENDS[1:])
+            raise InvalidRequest("backends", f"unknown backend {b!r}; one of {known}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise InvalidRequest("batch_sizes", "give one or more sizes >= 1")
+    if rounds < 10:
+        raise InvalidRequest("rounds", f"at least 10, got {rounds}")
+    if warmup < 1:
+        raise InvalidRequest("warmup", f"at least 1, got {warmup}")
+
+
 def run(
     artifact,
     backends: list[str],
@@ -125,13 +139,7 @@ def run(
     compile_: bool = True,
     progress=None,
 ) -> tuple[list[Result], list[str]]:
-    for b in backends:
-        if b not in BACKENDS or b == "auto":
-            raise InvalidRequest("backends", f"unknown backend {b!r}; one of {BACKENDS[1:]}")
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise InvalidRequest("batch_sizes", "give one or more sizes >= 1")
-    if rounds < 10 or warmup < 1:
-        raise InvalidRequest("rounds", "at least 10 rounds and 1 warm-up round")
+    check(backends, batch_sizes, rounds, warmup)
     results, notes = [], []
     setup = _setup(artifact, backends, compile_, notes)
     for batch in batch_sizes:
