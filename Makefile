@@ -23,6 +23,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	mkdir -p demo
 	$(VENV)/bin/ctrlgan sample digits --class 0-9 --n 8 --seed 0 -o demo/digits_grid.png
+	$(VENV)/bin/ctrlgan interpolate digits --from 5:3 --to 9:7 --steps 8 -o demo/interpolation.png
+	$(VENV)/bin/ctrlgan bench digits --batch-sizes 1,64 --rounds 30 --no-compile --quiet
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ctrlgan tests benchmarks

@@ -235,6 +235,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_class(text: str, field: str) -> tuple[int, str]:
+    seed, sep, cls = text.partition(":")
+    try:
+        value = int(seed)
+    except ValueError:
+        value = None
+    if not sep or value is None or not cls:
+        raise InvalidRequest(field, f"expected SEED:CLASS (e.g. 5:3), got {text!r}")
+    return value, cls
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    import ctrlgan
+
+    g = ctrlgan.load(args.model, backend=args.backend)
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise InvalidRequest("output", f"must be a .png file, got {str(out)!r}")
+    ends = []
+    for text, field in ((args.start, "from"), (args.end, "to")):
+        seed, cls = _seed_class(text, field)
+        index = int(cls) if cls.isdigit() and cls not in g.classes else cls
+        ends.append((seed, index))
+    x = g.interpolate(ends[0], ends[1], steps=args.steps, method=args.method)
+    ctrlgan.save_grid(x, out, nrow=args.steps, scale=args.scale)
+    print(f"wrote {out} ({args.steps} steps, {args.method}, {args.start} -> {args.end})")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -508,6 +537,25 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--backend", default="auto", help="runtime backend")
     j.add_argument("--quiet", action="store_true", help="no progress bar")
     j.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "interpolate",
+        help="write a strip interpolating between two (seed, class) points",
+        description="Interpolate the noise (slerp or lerp) and the class embedding (linearly) "
+        "from one (seed, class) point to another and write the strip as a PNG.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
+    )
+    p.add_argument("--from", dest="start", default="5:3", metavar="SEED:CLASS", help="start")
+    p.add_argument("--to", dest="end", default="9:7", metavar="SEED:CLASS", help="end")
+    p.add_argument("--steps", type=int, default=8, help="images in the strip")
+    p.add_argument("--method", default="slerp", help="noise interpolation: slerp or lerp")
+    p.add_argument("--scale", type=int, default=4, help="enlarge pixels by this factor")
+    p.add_argument("--backend", default="auto", help="runtime backend")
+    p.add_argument("-o", "--output", default="interpolation.png", help="PNG file to write")
+    p.set_defaults(func=cmd_interpolate)
 
     b = sub.add_parser(
         "bench",

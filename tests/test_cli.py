@@ -104,6 +104,12 @@ def test_train_help_documents_every_option(capsys):
         (["sample", "{model}", "--n", "100000000", "--class", "0-9"], ["n", "batch limit"]),
         (["sample", "{model}", "--scale", "100000", "-o", "{tmp}/x.png"], ["scale", "pixels"]),
         (["train", "--threads", "-1", "--out", "{tmp}/t"], ["threads"]),
+        (["interpolate", "{model}", "--from", "5"], ["from", "SEED:CLASS"]),
+        (["interpolate", "{model}", "--to", "x:3"], ["to"]),
+        (["interpolate", "{model}", "--to", "3:eleven"], ["end", "eleven"]),
+        (["interpolate", "{model}", "--steps", "1"], ["steps"]),
+        (["interpolate", "{model}", "--method", "cubic"], ["method"]),
+        (["interpolate", "{model}", "-o", "{tmp}/x.jpg"], ["output"]),
         (["train", "--loss", "hinge"], ["--loss"]),
         (["train", "--data", "shapes", "--correlate", "scale:pos_y"], ["correlate"]),
         (
@@ -123,6 +129,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_model, argv, wo
     code, _, err = run(capsys, *argv)
     assert_one_line_error(code, err, *[w.format(**fill) for w in words])
     assert not list(tmp_path.glob("**/*.png"))  # nothing half-written
+
+
+def test_interpolate_writes_a_strip(tmp_path, capsys, tiny_model):
+    from PIL import Image
+
+    out = tmp_path / "strip.png"
+    argv = ["interpolate", str(tiny_model.artifact.path), "--from", "1:2", "--to", "3:4"]
+    code, stdout, _ = run(capsys, *argv, "--steps", "5", "--scale", "2", "-o", str(out))
+    assert code == 0 and "5 steps" in stdout
+    assert Image.open(out).size == (2 * (5 * (16 + 2) + 2), 2 * (16 + 2 + 2))
 
 
 def test_output_that_is_a_directory_is_refused(tmp_path, capsys, tiny_model):
