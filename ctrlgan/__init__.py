@@ -10,6 +10,15 @@ __version__ = "0.1.0"
 
 from ctrlgan import errors
 from ctrlgan.images import save_grid, to_uint8
-from ctrlgan.runtime import Generator, load, noise
+from ctrlgan.runtime import BatchingGenerator, Generator, load, noise
 
-__all__ = ["Generator", "__version__", "errors", "load", "noise", "save_grid", "to_uint8"]
+__all__ = [
+    "BatchingGenerator",
+    "Generator",
+    "__version__",
+    "errors",
+    "load",
+    "noise",
+    "save_grid",
+    "to_uint8",
+]

@@ -1,0 +1,426 @@
+"""Dynamic micro-batching: many small concurrent requests, few large backend calls.
+
+    batcher = BatchingGenerator(ctrlgan.load("digits"))
+    x = batcher.sample(classes=3, seeds=[7])              # from any thread: blocks for the result
+    fut = batcher.submit(classes=[1, 2], seeds=[5, 6])    # a concurrent.futures.Future
+    x = await batcher.asample(classes=3, seeds=[7])       # asyncio, without blocking the loop
+    batcher.close()                                       # or: with BatchingGenerator(g) as b: ...
+
+``submit`` validates a request at once, in the caller's thread, with ``Generator.prepare``: bad
+input raises InvalidRequest there and nothing is queued. One worker thread takes the oldest
+queued request, waits until ``max_delay_ms`` after that request arrived (or less, once
+``max_batch_size`` images with the same ``Rows.key`` are queued), then packs queued requests
+of that key, oldest first, into one ``Generator.run`` call of at most ``max_batch_size``
+images, and hands each request its own rows of the result. A row's image does not depend on
+the rows it shares the call with (runtime/backends.py), so a batched sample equals the
+unbatched one bit for bit on the torch and onnxruntime backends. A backend error fails exactly
+the requests of its call.
+
+The contract:
+- Queue limit, in images: at most ``max_queue`` images wait (the batch being computed is not
+  counted). A request that would go over it raises Overloaded at once ("retry later"); a single
+  request of more than ``max_queue`` images could never fit and raises InvalidRequest instead.
+- A request of more than ``max_batch_size`` images is allowed (up to the generator's
+  ``max_batch``): it runs alone, passed whole to ``Generator.run`` (which bounds memory by
+  chunking), as one backend call.
+- ``timeout`` (seconds, per request): a request still queued at its deadline fails with
+  TimeoutError then (a timer thread watches deadlines while the worker computes) and is never
+  run; once its batch has started it runs to the end.
+- Cancelling a queued future (``Future.cancel``, or cancelling the task awaiting ``asample``)
+  drops the request before it runs.
+- ``close(wait=True)`` stops accepting requests, runs everything already queued, waits for
+  the worker to finish. ``close(wait=False)`` stops accepting, fails every queued request
+  with Overloaded and returns at once (a batch already computing still delivers). After close,
+  ``submit`` raises Overloaded: to a caller a closing runtime is one that cannot take more work,
+  as with a full queue. No future is left pending.
+
+Defaults (max_batch_size=64, max_delay_ms=0) come from benchmarks/bench_batcher.py with the
+bundled digits model on onnxruntime, 2 CPU cores: images/s per call level off from 32 to 128
+rows, and under load requests pile up while the previous call computes, so batches fill
+without waiting ("continuous batching"). Any delay cost throughput there: the worker idles
+while it waits, and at low concurrency (4 clients) max_delay_ms=0.5 gave a third of the
+throughput of 0. A delay pays where a backend call has a large fixed cost and requests arrive
+spread out in time; set it per deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import heapq
+import math
+import threading
+import time
+from concurrent.futures import Future
+
+from ctrlgan.errors import InvalidRequest, Overloaded
+from ctrlgan.runtime.generator import Generator, check_output, convert
+from ctrlgan.runtime.request import Rows
+
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_DELAY_MS = 0.0
+DEFAULT_MAX_QUEUE = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class BatcherStats:
+    """A snapshot of a BatchingGenerator's counters since it started."""
+
+    requests: int  # accepted by submit
+    images: int  # in the accepted requests
+    backend_calls: int  # Generator.run calls made
+    batched_images: int  # images those calls computed
+    mean_batch_size: float  # batched_images / backend_calls (0.0 before the first call)
+    rejected: int  # refused with Overloaded: queue full or closed
+    timed_out: int  # failed with TimeoutError before running
+    failed: int  # failed by a backend or conversion error
+
+
+@dataclasses.dataclass(eq=False)  # compared by identity: deque.remove must not compare arrays
+class _Request:
+    rows: Rows
+    output: str
+    future: Future
+    arrived: float  # time.monotonic()
+    deadline: float | None
+    queued: bool = True
+
+
+class BatchingGenerator:
+    """Coalesces concurrent sample requests to one Generator into batched backend calls."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ):
+        for name, value in (("max_batch_size", max_batch_size), ("max_queue", max_queue)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidRequest(name, f"must be an int >= 1, got {value!r}")
+        if (
+            isinstance(max_delay_ms, bool)
+            or not isinstance(max_delay_ms, (int, float))
+            or not (math.isfinite(max_delay_ms) and max_delay_ms >= 0)
+        ):
+            raise InvalidRequest("max_delay_ms", f"must be a number >= 0, got {max_delay_ms!r}")
+        self.generator = generator
+        # a joined batch must pass Generator.run's own limit
+        self.max_batch_size = min(max_batch_size, generator.max_batch)
+        self.max_delay_ms = float(max_delay_ms)
+        self.max_queue = max_queue
+        self._delay = self.max_delay_ms / 1000.0
+
+        # One lock guards everything below; the worker and the timer wait on their own
+        # conditions of it. Futures are resolved outside the lock: their callbacks may submit.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._tick = threading.Condition(self._lock)
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queued_images = 0
+        self._queued_by_key: collections.Counter = collections.Counter()
+        self._deadlines: list[tuple[float, int, _Request]] = []  # heap; stale entries skipped
+        self._seq = 0
+        self._closed = False
+        self._counts = dict.fromkeys(
+            ("requests", "images", "backend_calls", "batched_images", "rejected", "timed_out",
+             "failed"), 0,
+        )  # fmt: skip
+        self._worker = threading.Thread(target=self._work_loop, name="ctrlgan-batcher", daemon=True)
+        self._timer: threading.Thread | None = None  # started by the first request with a timeout
+        self._worker.start()
+
+    # Public API ---------------------------------------------------------------------------
+    def submit(
+        self,
+        classes=None,
+        seeds=None,
+        *,
+        n: int | None = None,
+        seed: int = 0,
+        steer=None,
+        truncation: float | None = None,
+        output: str = "float32",
+        timeout: float | None = None,
+    ) -> Future:
+        """Queue a sample request (arguments as ``Generator.sample``); a Future of its images.
+
+        Raises InvalidRequest for a bad request and Overloaded when the queue is full or the
+        batcher is closed, at once and with nothing queued. ``timeout``: seconds the request
+        may wait in the queue before its future fails with TimeoutError.
+        """
+        check_output(output)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not (math.isfinite(timeout) and timeout > 0)
+        ):
+            raise InvalidRequest("timeout", f"must be a number of seconds > 0, got {timeout!r}")
+        rows = self.generator.prepare(
+            classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation
+        )
+        size = len(rows)
+        if size > self.max_queue:
+            field = "seeds" if seeds is not None else "n" if n is not None else "classes"
+            raise InvalidRequest(
+                field, f"{size} images exceed the batcher's queue limit {self.max_queue}"
+            )
+        now = time.monotonic()
+        req = _Request(rows, output, Future(), now, None if timeout is None else now + timeout)
+        with self._lock:
+            if self._closed:
+                self._counts["rejected"] += 1
+                raise Overloaded("the batcher is closed and accepts no new requests")
+            if self._queued_images + size > self.max_queue:
+                self._counts["rejected"] += 1
+                raise Overloaded(
+                    f"queue full: {self._queued_images} of {self.max_queue} images waiting, "
+                    f"no room for {size} more; retry later"
+                )
+            key = rows.key
+            self._queue.append(req)
+            self._queued_images += size
+            self._queued_by_key[key] += size
+            self._counts["requests"] += 1
+            self._counts["images"] += size
+            # Wake the worker only when it has something new to decide: the queue was empty,
+            # or a full batch of this key is now waiting.
+            if len(self._queue) == 1 or self._queued_by_key[key] >= self.max_batch_size:
+                self._work.notify()
+            if req.deadline is not None:
+                heap = self._deadlines
+                if len(heap) > 2 * len(self._queue) + 64:
+                    # Drop entries of requests that left the queue: they hold finished futures,
+                    # and with them their images, until their deadlines would have passed.
+                    heap[:] = [entry for entry in heap if entry[2].queued]
+                    heapq.heapify(heap)
+                self._seq += 1
+                heapq.heappush(heap, (req.deadline, self._seq, req))
+                if self._timer is None:
+                    self._timer = threading.Thread(
+                        target=self._timer_loop, name="ctrlgan-batcher-timer", daemon=True
+                    )
+                    self._timer.start()
+                elif heap[0][2] is req:
+                    self._tick.notify()
+        return req.future
+
+    def sample(
+        self,
+        classes=None,
+        seeds=None,
+        *,
+        n: int | None = None,
+        seed: int = 0,
+        steer=None,
+        truncation: float | None = None,
+        output: str = "float32",
+        timeout: float | None = None,
+    ):
+        """``submit(...).result()``: blocks until the images are ready."""
+        future = self.submit(
+            classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation,
+            output=output, timeout=timeout,
+        )  # fmt: skip
+        return future.result()
+
+    async def asample(
+        self,
+        classes=None,
+        seeds=None,
+        *,
+        n: int | None = None,
+        seed: int = 0,
+        steer=None,
+        truncation: float | None = None,
+        output: str = "float32",
+        timeout: float | None = None,
+    ):
+        """``submit(...)`` awaited from asyncio without blocking the event loop."""
+        future = self.submit(
+            classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation,
+            output=output, timeout=timeout,
+        )  # fmt: skip
+        return await asyncio.wrap_future(future)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop accepting requests. wait=True: run the queued ones and wait for the worker;
+        wait=False: fail the queued ones with Overloaded and return at once."""
+        with self._lock:
+            self._closed = True
+            dropped = [] if wait else self._drain()
+            self._work.notify_all()
+            self._tick.notify_all()
+        error = Overloaded("the batcher was closed before this request ran")
+        for req in dropped:
+            if req.future.set_running_or_notify_cancel():
+                req.future.set_exception(error)
+        # From a future's callback (run by the worker or the timer) there is nothing to wait
+        # for that does not wait for this very thread: return, the work still completes.
+        if wait and threading.current_thread() not in (self._worker, self._timer):
+            for thread in (self._worker, self._timer):
+                if thread is not None:
+                    thread.join()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def stats(self) -> BatcherStats:
+        with self._lock:
+            c = dict(self._counts)
+        mean = c["batched_images"] / c["backend_calls"] if c["backend_calls"] else 0.0
+        return BatcherStats(mean_batch_size=mean, **c)
+
+    def __enter__(self) -> BatchingGenerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close(wait=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchingGenerator({self.generator!r}, max_batch_size={self.max_batch_size}, "
+            f"max_delay_ms={self.max_delay_ms}, max_queue={self.max_queue})"
+        )
+
+    # The worker ---------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        while True:
+            with self._lock:
+                batch, expired = self._next_batch()
+            self._fail_expired(expired)
+            if batch is None:
+                with self._lock:
+                    self._tick.notify_all()  # the timer may sleep on a deadline far away
+                return
+            if batch:
+                self._run(batch)
+
+    def _next_batch(self) -> tuple[list[_Request] | None, list[_Request]]:
+        """Under the lock: wait for work, then take one batch (None: closed and drained)."""
+        while True:
+            while self._queue and self._queue[0].future.cancelled():
+                self._unqueue(self._queue.popleft())
+            if not self._queue:
+                if self._closed:
+                    return None, []
+                self._work.wait()
+                continue
+            first = self._queue[0]
+            key = first.rows.key
+            if not self._closed and self._queued_by_key[key] < self.max_batch_size:
+                left = first.arrived + self._delay - time.monotonic()
+                if left > 0:
+                    self._work.wait(left)
+                    continue
+            return self._take(key)
+
+    def _take(self, key) -> tuple[list[_Request], list[_Request]]:
+        """Under the lock: queued requests of ``key``, oldest first, packed into one batch of
+        at most max_batch_size images (the first alone if it is larger); expired ones apart."""
+        batch, expired, skipped, total = [], [], [], 0
+        now = time.monotonic()
+        while self._queue and total < self.max_batch_size:
+            req = self._queue.popleft()
+            size = len(req.rows)
+            if req.rows.key != key or (batch and total + size > self.max_batch_size):
+                skipped.append(req)
+                continue
+            self._unqueue(req)
+            if req.deadline is not None and now >= req.deadline:
+                expired.append(req)
+            elif req.future.set_running_or_notify_cancel():  # False: cancelled, drop it
+                batch.append(req)
+                total += size
+        self._queue.extendleft(reversed(skipped))
+        return batch, expired
+
+    def _run(self, batch: list[_Request]) -> None:
+        """Outside the lock: one backend call for the batch, then each future its rows."""
+        try:
+            rows = batch[0].rows if len(batch) == 1 else Rows.concat([r.rows for r in batch])
+            images = self.generator.run(rows)
+        except Exception as error:  # a backend failure fails exactly this call's requests
+            with self._lock:
+                self._counts["backend_calls"] += 1
+                self._counts["failed"] += len(batch)
+            for req in batch:
+                req.future.set_exception(error)
+            return
+        with self._lock:
+            self._counts["backend_calls"] += 1
+            self._counts["batched_images"] += len(rows)
+        start = 0
+        for req in batch:
+            stop = start + len(req.rows)
+            part = images[start:stop]
+            if len(batch) > 1 and req.output in ("float32", "torch"):
+                part = part.copy()  # so that a small result does not keep the batch alive
+            start = stop
+            try:
+                result = convert(part, req.output)
+            except Exception as error:
+                with self._lock:
+                    self._counts["failed"] += 1
+                req.future.set_exception(error)
+            else:
+                req.future.set_result(result)
+
+    # The deadline timer -------------------------------------------------------------------
+    def _timer_loop(self) -> None:
+        """Fails queued requests at their deadlines, also while the worker computes."""
+        while True:
+            with self._lock:
+                heap = self._deadlines
+                while heap and not heap[0][2].queued:
+                    heapq.heappop(heap)
+                if self._closed and not self._queue:  # nothing left to expire, ever
+                    return
+                expired = []
+                now = time.monotonic()
+                while heap and (heap[0][0] <= now or not heap[0][2].queued):
+                    req = heapq.heappop(heap)[2]
+                    if req.queued:
+                        self._queue.remove(req)
+                        self._unqueue(req)
+                        expired.append(req)
+                if not expired:
+                    self._tick.wait(heap[0][0] - now if heap else None)
+            self._fail_expired(expired)
+
+    # Helpers ------------------------------------------------------------------------------
+    def _unqueue(self, req: _Request) -> None:
+        """Under the lock: the accounting of a request leaving the queue."""
+        req.queued = False
+        size = len(req.rows)
+        self._queued_images -= size
+        key = req.rows.key
+        self._queued_by_key[key] -= size
+        if not self._queued_by_key[key]:
+            del self._queued_by_key[key]
+
+    def _drain(self) -> list[_Request]:
+        """Under the lock: every queued request, removed from the queue."""
+        dropped = list(self._queue)
+        self._queue.clear()
+        for req in dropped:
+            self._unqueue(req)
+        return dropped
+
+    def _fail_expired(self, expired: list[_Request]) -> None:
+        if not expired:
+            return
+        timed_out = 0
+        for req in expired:
+            if req.future.set_running_or_notify_cancel():
+                waited = time.monotonic() - req.arrived
+                req.future.set_exception(
+                    TimeoutError(f"request timed out after {waited:.3f} s in the queue")
+                )
+                timed_out += 1
+        with self._lock:
+            self._counts["timed_out"] += timed_out
