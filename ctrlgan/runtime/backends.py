@@ -23,6 +23,7 @@ float16 rounding across buckets.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import numpy as np
@@ -41,13 +42,21 @@ def host_latents(rows: Rows, z_dim: int) -> tuple[np.ndarray, np.ndarray, np.nda
     """(z_a, z_b, t) for graphs that lerp: noise from seeds; slerp already applied on the host."""
     z_a = philox.normal(rows.seeds, z_dim, rows.truncation)
     if rows.t is None:
-        return z_a, z_a, np.zeros(len(rows), np.float32)
+        return z_a, z_a, _zeros(len(rows))
     z_b = philox.normal(rows.seeds_b, z_dim, rows.truncation)
     if rows.method == "slerp":
         ta, tb, tt = (torch.from_numpy(v) for v in (z_a, z_b, rows.t))
         z_a = reference.slerp(ta, tb, tt).numpy()
-        return z_a, z_a, np.zeros(len(rows), np.float32)
+        return z_a, z_a, _zeros(len(rows))
     return z_a, z_b, rows.t
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(n: int) -> np.ndarray:
+    """A read-only float32 zero vector (t = 0 for every call without interpolation)."""
+    z = np.zeros(n, np.float32)
+    z.flags.writeable = False
+    return z
 
 
 _onednn_lock = threading.Lock()

@@ -1,7 +1,8 @@
 """`ctrlgan bench`: latency and throughput per backend and batch size, side by side in one run.
 
-For every batch size, each contender is called BLOCK times per round, in turn (so drift and
-noise hit all of them alike), after warm-up rounds; latencies are wall-clock per call, reported as
+For every batch size, each contender is called BLOCK (+1 untimed) times per round, in an order
+that rotates from round to round (so drift and noise hit all of them alike), after warm-up
+rounds; latencies are wall-clock per call, reported as
 p50 / p90 / p99, and throughput as images / p50. Contenders:
 
     <backend>            Generator.sample through the public API (validation, noise, backend)
@@ -145,16 +146,19 @@ def run(
     for batch in batch_sizes:
         contenders = _contenders(artifact, setup, batch, notes)
         times = {name: [] for name in contenders}
+        names = list(contenders)
         for r in range(warmup + rounds):
-            # A short block of calls per contender per round: interleaved against drift, but
-            # not call by call (a torch call leaves its OpenMP threads spinning for a while,
-            # which would tax whatever runs right after it).
-            for name, (prep, call) in contenders.items():
-                for i in range(BLOCK):
-                    args = prep(r * BLOCK + i)
+            # A short block of calls per contender per round, the order rotating from round to
+            # round: interleaved against drift, but not call by call, and the first call of a
+            # block is not timed (a torch call leaves its OpenMP threads spinning for a while,
+            # which taxes whatever runs right after it; rotation spreads that evenly).
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                prep, call = contenders[name]
+                for i in range(BLOCK + 1):
+                    args = prep(r * (BLOCK + 1) + i)
                     t0 = time.perf_counter()
                     call(args)
-                    if r >= warmup:
+                    if r >= warmup and i > 0:
                         times[name].append(time.perf_counter() - t0)
             if progress:
                 progress(batch, r + 1, warmup + rounds)
