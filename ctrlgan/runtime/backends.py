@@ -97,7 +97,7 @@ class TorchBackend:
 
     def __call__(self, rows: Rows) -> np.ndarray:
         z_a, z_b, t = host_latents(rows, self.net.config.z_dim)
-        dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        dev = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.device)
         steer = {}
         if self.directions is not None:
             steer = {"alpha": dev(rows.alpha), "directions": self.directions}
