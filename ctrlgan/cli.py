@@ -326,6 +326,12 @@ def _batches(text: str) -> tuple[int, ...]:
 # Parser ----------------------------------------------------------------------------------
 
 
+def _model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
+    )
+
+
 def _cuda() -> bool:
     import torch
 
@@ -454,9 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the same seeds in every row.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    s.add_argument(
-        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
-    )
+    _model_argument(s)
     s.add_argument(
         "--class", dest="cls", default="all", help="classes: all, 3, 0-9, 1,4,7 or class names"
     )
@@ -485,9 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
         "atomically; on any error it is left as it was.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    e.add_argument(
-        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
-    )
+    _model_argument(e)
     e.add_argument(
         "--check",
         action="store_true",
@@ -514,9 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         "result is byte-identical to an uninterrupted run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    j.add_argument(
-        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
-    )
+    _model_argument(j)
     j.add_argument("--classes", default="all", help="classes: all, 3, 0-9, 1,4,7 or class names")
     j.add_argument("--per-class", type=int, required=True, help="images per class")
     j.add_argument("--out", required=True, help="job directory (created if missing)")
@@ -545,9 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from one (seed, class) point to another and write the strip as a PNG.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
-    )
+    _model_argument(p)
     p.add_argument("--from", dest="start", default="5:3", metavar="SEED:CLASS", help="start")
     p.add_argument("--to", dest="end", default="9:7", metavar="SEED:CLASS", help="end")
     p.add_argument("--steps", type=int, default=8, help="images in the strip")
@@ -566,9 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         "optionally JSON and a PNG plot.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    b.add_argument(
-        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
-    )
+    _model_argument(b)
     b.add_argument(
         "--backends",
         type=_names,
@@ -588,9 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="show a model artifact's manifest (verifies checksums)")
-    i.add_argument(
-        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
-    )
+    _model_argument(i)
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
     return parser
