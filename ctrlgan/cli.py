@@ -1,4 +1,4 @@
-"""The `ctrlgan` command: train | sample | generate | export | bench | info.
+"""The `ctrlgan` command: train | sample | generate | interpolate | export | bench | info.
 
 User mistakes print one line on stderr and exit with status 2; Ctrl-C during training saves a
 checkpoint and exits with 130.
