@@ -174,6 +174,8 @@ class BatchingGenerator:
                 self._counts["rejected"] += 1
                 raise Overloaded("the batcher is closed and accepts no new requests")
             if self._queued_images + size > self.max_queue:
+                self._drop_cancelled()  # cancelled requests wait for the worker otherwise
+            if self._queued_images + size > self.max_queue:
                 self._counts["rejected"] += 1
                 raise Overloaded(
                     f"queue full: {self._queued_images} of {self.max_queue} images waiting, "
@@ -289,6 +291,19 @@ class BatchingGenerator:
 
     # The worker ---------------------------------------------------------------------------
     def _work_loop(self) -> None:
+        try:
+            self._work_loop_inner()
+        except BaseException as error:  # e.g. SystemExit from a backend: leave nothing pending
+            with self._lock:
+                self._closed = True
+                dropped = self._drain()
+                self._tick.notify_all()
+            for req in dropped:
+                if req.future.set_running_or_notify_cancel():
+                    req.future.set_exception(Overloaded(f"the batcher's worker stopped: {error!r}"))
+            raise
+
+    def _work_loop_inner(self) -> None:
         while True:
             with self._lock:
                 batch, expired = self._next_batch()
@@ -344,12 +359,14 @@ class BatchingGenerator:
         try:
             rows = batch[0].rows if len(batch) == 1 else Rows.concat([r.rows for r in batch])
             images = self.generator.run(rows)
-        except Exception as error:  # a backend failure fails exactly this call's requests
+        except BaseException as error:  # a backend failure fails exactly this call's requests
             with self._lock:
                 self._counts["backend_calls"] += 1
                 self._counts["failed"] += len(batch)
             for req in batch:
                 req.future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise  # SystemExit, KeyboardInterrupt: the worker stops (see _work_loop)
             return
         with self._lock:
             self._counts["backend_calls"] += 1
@@ -402,6 +419,13 @@ class BatchingGenerator:
         self._queued_by_key[key] -= size
         if not self._queued_by_key[key]:
             del self._queued_by_key[key]
+
+    def _drop_cancelled(self) -> None:
+        """Under the lock: remove cancelled requests from the queue, freeing their room."""
+        cancelled = [req for req in self._queue if req.future.cancelled()]
+        for req in cancelled:
+            self._queue.remove(req)
+            self._unqueue(req)
 
     def _drain(self) -> list[_Request]:
         """Under the lock: every queued request, removed from the queue."""

@@ -366,3 +366,34 @@ def test_served_requests_do_not_linger_in_the_deadline_heap(g):
         for seed in range(300):
             b.sample(classes=1, seeds=[seed], timeout=600)
         assert len(b._deadlines) <= 65  # pruned, though no deadline has passed
+
+
+def test_cancelled_requests_free_their_queue_room(g, gate):
+    with BatchingGenerator(g, max_delay_ms=0, max_queue=2) as b:
+        hold_worker(b, gate)
+        first, second = b.submit(classes=1, seeds=[1]), b.submit(classes=1, seeds=[2])
+        with pytest.raises(Overloaded):
+            b.submit(classes=1, seeds=[3])
+        assert first.cancel() and second.cancel()
+        third = b.submit(classes=1, seeds=[3])  # room again, without waiting for the worker
+        gate.opened.set()
+        assert np.array_equal(third.result(WAIT), g.sample(classes=1, seeds=[3]))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_killed_by_a_base_exception_leaves_nothing_pending(g, gate):
+    def run(rows):
+        raise SystemExit("backend called exit")
+
+    gate._run = run
+    b = BatchingGenerator(g, max_delay_ms=0)
+    running = hold_worker(b, gate)
+    queued = b.submit(classes=1, seeds=[5])
+    gate.opened.set()
+    with pytest.raises(SystemExit):
+        running.result(WAIT)
+    with pytest.raises(Overloaded, match="worker stopped"):
+        queued.result(WAIT)
+    with pytest.raises(Overloaded):
+        b.submit(classes=1, seeds=[6])
+    b.close()
