@@ -79,7 +79,10 @@ static PyObject *py_normal(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*npdiw*", &seeds, &z_dim, &truncate, &tau, &redraws, &out))
         return NULL;
     Py_ssize_t n = seeds.len / (Py_ssize_t)sizeof(uint64_t);
-    if (z_dim < 1 || seeds.len % (Py_ssize_t)sizeof(uint64_t) != 0 ||
+    /* z_dim < 2^31 keeps the counters j + r * z_dim within the contract's 32-bit wrap; the
+       division keeps n * z_dim * 4 from overflowing before the comparison */
+    if (z_dim < 1 || z_dim >= ((Py_ssize_t)1 << 31) || seeds.len % (Py_ssize_t)sizeof(uint64_t) != 0 ||
+        (n > 0 && z_dim > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float) / n) ||
         out.len != n * z_dim * (Py_ssize_t)sizeof(float)) {
         PyBuffer_Release(&seeds);
         PyBuffer_Release(&out);

@@ -9,13 +9,15 @@
     generator*.onnx         the exported graphs (written by `ctrlgan export`), their
                             input/output signatures recorded in the manifest
 
-Writes are atomic: the new directory is assembled beside the target and renamed into place,
-so a reader sees the old artifact or the new one, never a mix. Reads verify the format
+Writes are atomic: the new directory is assembled beside the target, flushed to disk, and
+exchanged with it in one step (Linux renameat2; elsewhere two renames), so a reader sees the
+old artifact or the new one, never a mix. Reads verify the format
 version and every checksum first and raise ArtifactError naming the file on any mismatch.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -254,11 +256,33 @@ def write_artifact(
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
-    """Replace directory ``path`` by ``tmp`` with renames (the old one is removed last)."""
+    """Replace directory ``path`` by ``tmp``: the files are flushed to disk first, then the two
+    directories are exchanged in one atomic step where the OS can (Linux renameat2), else by two
+    renames (a crash between them leaves the old artifact as .NAME.old-PID beside it)."""
+    for file in tmp.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
     if not path.exists():
         os.replace(tmp, path)
-        return
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old artifact
+    else:
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (renameat2 with RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

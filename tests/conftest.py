@@ -1,11 +1,15 @@
-"""Shared fixtures. TRITON_INTERPRET must be set before any @triton.jit decorates."""
+"""Shared fixtures. Without CUDA the kernels run in Triton's interpreter: TRITON_INTERPRET must
+be set before any @triton.jit decorates. With CUDA it stays unset, so that the `gpu` tests run
+the compiled kernels."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
-import torch
 
 
 def pytest_collection_modifyitems(config, items):

@@ -147,3 +147,15 @@ def test_written_files_have_ordinary_permissions(tiny_model):
     written += list((path.parent / "samples").iterdir())
     for f in written:
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
+
+
+def test_directories_are_exchanged_in_one_step(tmp_path):
+    from ctrlgan.artifact import _exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "f").write_text("new")
+    (tmp_path / "b" / "f").write_text("old")
+    assert _exchange(tmp_path / "a", tmp_path / "b")  # Linux: renameat2(RENAME_EXCHANGE)
+    assert (tmp_path / "b" / "f").read_text() == "new"
+    assert (tmp_path / "a" / "f").read_text() == "old"

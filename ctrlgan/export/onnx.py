@@ -31,20 +31,22 @@ CHECK_BATCHES = (1, 7, 256)
 
 
 def steering_table(artifact: Artifact) -> torch.Tensor | None:
-    """The global direction table D [K, Z] of the artifact, or None without one."""
-    if not artifact.manifest.directions:
+    """The artifact's direction table: global D [K, Z] or per class D [C, K, Z]; None without."""
+    m = artifact.manifest
+    if not m.directions:
         return None
     tensors = artifact.load_tensors(DIRECTIONS)
     if "directions" not in tensors:
         raise ArtifactError(str(artifact.path / DIRECTIONS), "has no 'directions' table")
     table = tensors["directions"].float()
-    expected = (len(artifact.manifest.directions), artifact.manifest.z_dim)
-    if tuple(table.shape) != expected:
+    K, Z, C = len(m.directions), m.z_dim, len(m.classes)
+    if tuple(table.shape) not in ((K, Z), (C, K, Z)):
         raise ArtifactError(
             str(artifact.path / DIRECTIONS),
-            f"directions: shape {tuple(table.shape)}, the manifest implies {expected}",
+            f"directions: shape {tuple(table.shape)}, the manifest implies {(K, Z)} "
+            f"or per class {(C, K, Z)}",
         )
-    return table
+    return table.contiguous()
 
 
 def build(artifact: Artifact) -> dict[str, onnx.ModelProto]:

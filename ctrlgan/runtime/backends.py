@@ -158,6 +158,9 @@ class TritonBackend:
         self.directions = _directions(artifact, device)
         self.body = CudaGraphBody(self.net, max_batch, device)
         self.chunk = max_batch  # the largest bucket: one graph replay per call
+        # One call at a time: calls of a bucket share its static buffers, and a capture must
+        # not see other CUDA work.
+        self._lock = threading.Lock()
 
     def __call__(self, rows: Rows) -> np.ndarray:
         from ctrlgan.kernels import latent
@@ -179,9 +182,11 @@ class TritonBackend:
         if self.directions is not None:
             kw |= {"alpha": dev(rows.alpha), "directions": self.directions}
         embed = {"n_classes": self.table.shape[0]} if self.onehot else {"table": self.table}
-        latent_buf = self.body.latent_buffer(n)
-        latent.latent_prologue(out=latent_buf, out_dtype=latent_buf.dtype, **kw, **embed)
-        return self.body.run(n).float().cpu().numpy()
+        with self._lock:
+            latent_buf = self.body.latent_buffer(n)
+            latent.latent_prologue(out=latent_buf, out_dtype=latent_buf.dtype, **kw, **embed)
+            image = self.body.run(n).float()  # a copy: the next replay overwrites the output
+        return np.ascontiguousarray(image.cpu().numpy())  # NCHW order (the body is NHWC)
 
 
 def _directions(artifact: Artifact, device: torch.device) -> torch.Tensor | None:

@@ -67,7 +67,8 @@ class Generator:
         elif backend == "onnxruntime":
             self._backend = backends.OnnxRuntimeBackend(artifact, self.device, threads)
         else:
-            self._backend = backends.TritonBackend(artifact, self.device, min(max_batch, 65536))
+            # buckets up to 16k rows: beyond that a graph's activations cost GBs for no gain
+            self._backend = backends.TritonBackend(artifact, self.device, min(max_batch, 16384))
         self.backend = backend
 
     # Metadata ---------------------------------------------------------------------------

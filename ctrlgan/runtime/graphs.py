@@ -5,7 +5,7 @@ bucket (1, 2, 4, ..., up to the largest batch), captured on first use: the fused
 writes the latent rows into the bucket's static input buffer, the graph is replayed, and the
 first n rows of its static output are the images. Rows past n hold whatever the previous call
 left; they are computed and ignored, and never influence the first n (every layer is row-wise
-in the batch).
+in the batch). Not thread-safe by itself: the triton backend holds a lock around each call.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ class CudaGraphBody:
         self.width = net.config.latent_dim
         self.max_bucket = 1 << max(0, (max_batch - 1).bit_length())
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        # One memory pool for every bucket's graph: they never run concurrently (the backend
+        # serialises calls) and each output is copied out right after its replay.
+        self._pool = torch.cuda.graph_pool_handle()
 
     def bucket(self, n: int) -> int:
         if not 1 <= n <= self.max_bucket:
@@ -49,7 +52,7 @@ class CudaGraphBody:
                     self.net.body(latent)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph):
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
                 image = self.net.body(latent)
             self._graphs[bucket] = (graph, latent, image)
         return self._graphs[bucket]

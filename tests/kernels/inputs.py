@@ -28,9 +28,11 @@ def make_inputs(
     randn = lambda *shape: torch.randn(*shape, generator=g).to(device)
     rand = lambda *shape: torch.rand(*shape, generator=g).to(device)
     ints = lambda high, n: torch.randint(0, high, (n,), generator=g).to(device)
+    # 64-bit seeds as the runtime passes them: uint64 viewed as int64 (so half are negative)
+    seeds = lambda n: torch.randint(-(2**63), 2**63 - 1, (n,), generator=g).to(device)
     kw: dict = {"class_a": ints(C, B)}
     if from_seeds:
-        kw["seed_a"] = ints(2**62, B)
+        kw["seed_a"] = seeds(B)
         kw["z_dim"] = Z
         if truncation is not None:
             kw["truncation"] = truncation
@@ -40,7 +42,7 @@ def make_inputs(
         kw["t"] = rand(B)
         kw["method"] = method
         if from_seeds:
-            kw["seed_b"] = ints(2**62, B)
+            kw["seed_b"] = seeds(B)
         else:
             kw["z_b"] = randn(B, Z)
     if K or per_class:

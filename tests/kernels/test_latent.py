@@ -54,7 +54,8 @@ def test_truncated_noise_is_bounded_and_redrawn(B, Z, tau):
     # redrawn from later counters before the clamp: far fewer values sit on the bound than the
     # share P(|z| > tau) that a plain clamp would put there
     outside = math.erfc(tau / math.sqrt(2))
-    assert (z.abs() == tau).float().mean() <= 0.5 * outside
+    if B * Z >= 1000:  # enough values for the share to be stable (it is ~outside**4)
+        assert (z.abs() == tau).float().mean() <= 0.5 * outside
     torch.testing.assert_close(z, ref.noise(kw["seed_a"], Z, truncation=tau), rtol=1e-5, atol=1e-6)
 
 
@@ -72,8 +73,13 @@ def test_reduced_precision_output(dtype, tol):
     assert got.dtype == dtype
     want = ref.latent_prologue(**kw)
     assert row_relative_error(got, want) <= tol
-    # rounded once, from the float32 result
-    assert torch.equal(got, want.to(dtype)) or row_relative_error(got, want.to(dtype)) <= tol
+    # rounded once, from the float32 result: within one unit in the last place of rounding the
+    # reference (the interpreter emulates bfloat16 by truncation; GPUs round to nearest)
+    rounded = want.to(dtype).float()
+    ulp = torch.finfo(dtype).eps * rounded.abs().clamp_min(torch.finfo(dtype).tiny)
+    assert ((got.float() - rounded).abs() <= ulp).all()
+    if dtype == torch.float16:
+        assert (got == want.to(dtype)).float().mean() >= 0.99
 
 
 def test_onehot_and_mix_values_exact():

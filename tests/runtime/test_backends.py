@@ -177,3 +177,30 @@ def test_triton_backend_matches_onnxruntime(model):
     part = {"classes": req["classes"][:33], "seeds": req["seeds"][:33],
             "steer": {"up": req["steer"]["up"][:33], "left": req["steer"]["left"]}}  # fmt: skip
     assert np.array_equal(g.sample(**part), got[:33])
+
+
+def test_per_class_direction_table(tmp_path, tiny_model):
+    """A [C, K, Z] table: exported, checked, and the same on both CPU backends."""
+    path = tmp_path / "model"
+    shutil.copytree(tiny_model.artifact.path, path)
+    manifest = Artifact.open(path).manifest
+    manifest.directions = ["a", "b", "c"]
+    table = torch.randn(10, 3, 12)
+    write_artifact(path, manifest, tensors={DIRECTIONS: {"directions": table}})
+    export.export(path)
+    assert all(r.ok for r in export.check(path, batches=(1, 7), reference_batches=(7,)))
+    req = _random_request(np.random.default_rng(), 9)
+    req["steer"] = {"a": 1.5, "c": np.linspace(-2, 2, 9).tolist()}
+    gens = {b: ctrlgan.load(path, backend=b) for b in CPU_BACKENDS}
+    images = {b: g.sample(**req) for b, g in gens.items()}
+    assert np.abs(images["torch"] - images["onnxruntime"]).max() <= 1e-5
+    # steering depends on the class: the same seed and alpha, other class, other push
+    rows = gens["torch"].prepare(**req)
+    z = ref.noise(torch.from_numpy(rows.seeds.view(np.int64)), 12)
+    alpha = torch.from_numpy(rows.alpha)
+    z = z + torch.einsum("bk,bkz->bz", alpha, table[torch.from_numpy(rows.class_a)])
+    net = Artifact.open(path).build_generator()
+    with torch.no_grad():
+        y = net.embed(*(torch.from_numpy(a) for a in (rows.class_a, rows.class_b, rows.s)))
+        want = net.body(torch.cat([z, y], dim=1)).numpy()
+    assert np.abs(images["onnxruntime"] - want).max() <= 1e-5

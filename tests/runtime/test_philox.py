@@ -34,3 +34,12 @@ def test_rows_do_not_depend_on_the_batch():
 
 def test_empty_batch():
     assert philox.normal(np.zeros(0, np.uint64), 8).shape == (0, 8)
+
+
+def test_the_c_function_refuses_mismatched_buffers():
+    from ctrlgan import _philox
+
+    seeds = np.zeros(2, np.uint64)
+    for z_dim, out in [(4, bytearray(4 * 4)), (2**62, bytearray(0)), (0, bytearray(0))]:
+        with pytest.raises(ValueError, match="buffer sizes"):
+            _philox.normal(seeds, z_dim, 0, 0.0, 4, out)
