@@ -6,7 +6,10 @@
                  t = 0: the graph's lerp returns z_a exactly there)
     triton       CUDA only: noise and prologue in the fused Triton kernel, written straight into
                  a half-precision latent buffer, then the generator body in fp16, channels_last,
-                 replayed from a CUDA graph captured per batch-size bucket (1, 2, 4, ..., max)
+                 replayed from a CUDA graph captured per batch-size bucket (1, 2, 4, ..., max);
+                 calls are serialised by a lock. fp16 latents overflow beyond |z| = 65504, so
+                 absurd steering (alpha ~ 1e4 and up) gives NaN images here, saturated ones on
+                 the host backends.
 
 Batch invariance. A row's image must not depend on which rows share its call. Noise and the
 prologue are row-wise by construction. onnxruntime's CPU kernels gave bit-identical rows for
