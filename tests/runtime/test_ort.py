@@ -86,3 +86,12 @@ def test_wrong_feeds(exported):
 def test_unexported_model_is_refused(tiny_model):
     with pytest.raises(ArtifactError, match="generator.onnx"):
         rt.OrtSession.open(Artifact.open(tiny_model.artifact.path))
+
+
+def test_the_public_run_path_gives_the_same_images(exported):
+    """run() calls onnxruntime's binding directly; without it, the public wrapper."""
+    session = rt.OrtSession.open(exported)
+    feeds = export.random_inputs(exported, 5, np.random.default_rng(1))
+    fast = session.run(feeds)
+    session._run = session._wrapped_run
+    assert np.array_equal(session.run(feeds), fast)
