@@ -1,4 +1,4 @@
-"""The `ctrlgan` command: train | sample | generate | interpolate | export | bench | info.
+"""The `ctrlgan` command: train, sample, generate, interpolate, directions, export, bench, info.
 
 User mistakes print one line on stderr and exit with status 2; Ctrl-C during training saves a
 checkpoint and exits with 130.
@@ -232,6 +232,68 @@ def cmd_export(args: argparse.Namespace) -> int:
     if failed:
         print(f"ctrlgan export: {len(failed)} check(s) over the limit", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_directions(args: argparse.Namespace) -> int:
+    import time
+
+    from ctrlgan.artifact import Artifact
+    from ctrlgan.training import directions, features
+
+    start = time.perf_counter()
+    artifact = Artifact.open(args.model)
+    names = features.check_names(args.features)
+    if args.samples < 20:
+        raise InvalidRequest("samples", f"must be >= 20, got {args.samples}")
+    z_dim = artifact.manifest.z_dim
+    if not 1 <= args.k <= z_dim:
+        raise InvalidRequest("k", f"must lie in 1..{z_dim} (the model's z_dim), got {args.k}")
+    if args.seed < 0:
+        raise InvalidRequest("seed", f"must be >= 0, got {args.seed}")
+    generator = artifact.build_generator()
+    measure = features.feature_fn(names)
+    if args.method == "boundary":
+        found = directions.boundary_directions(generator, measure, n=args.samples, seed=args.seed)
+    else:
+        found = directions.closed_form_directions(generator, args.k)
+    columns, effect = directions.effect_matrix(
+        generator, found.table, measure, n=min(args.samples, 1000), seed=args.seed + 1
+    )
+    monotonic = directions.monotonic_share(
+        generator, found.names, found.table, measure, n=200, seed=args.seed + 2
+    )
+    info = {
+        "method": found.method,
+        "command": shlex.join(["ctrlgan", *args.argv]),
+        "samples": args.samples,
+        "seed": args.seed,
+        "features": list(columns),
+        "effect": [[round(float(v), 6) for v in row] for row in effect],
+        "validation_accuracy": found.accuracy,
+        "monotonic_share": monotonic,
+    }
+    if found.eigenvalues:
+        info["eigenvalues"] = [round(v, 6) for v in found.eigenvalues]
+    written = directions.write_directions(artifact.path, found.names, found.table, info=info)
+    seconds = time.perf_counter() - start
+    header = f"{'direction':<12}{'val acc':>9}{'monotonic':>11}"
+    print(header + "".join(f"{'d ' + c:>13}" for c in columns))
+    for k, name in enumerate(found.names):
+        acc = found.accuracy.get(name)
+        mono = monotonic.get(name)
+        print(
+            f"{name:<12}{'-' if acc is None else f'{acc:.3f}':>9}"
+            f"{'-' if mono is None else f'{mono:.1%}':>11}"
+            + "".join(f"{float(v):>13.4f}" for v in effect[k])
+        )
+    print(
+        "d FEATURE: mean change per unit step (alpha +1); monotonic: share of 200 samples whose "
+        "feature rises over alpha -3..3"
+    )
+    print(
+        f"wrote {len(found.names)} {found.method} direction(s) to {written.path} ({seconds:.1f} s)"
+    )
     return 0
 
 
@@ -537,6 +599,30 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--backend", default="auto", help="runtime backend")
     j.add_argument("--quiet", action="store_true", help="no progress bar")
     j.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser(
+        "directions",
+        help="find directions in z-space that control features and write them into the model",
+        description="Find one direction per feature (boundary: the unit normal of a logistic "
+        "regression on z labelled by the feature above/below its class median) or the top-K "
+        "unsupervised ones (closed-form: eigenvectors of W_z^T W_z of the first layer, named "
+        "factor_0..), measure their effect on the features, and replace the model's direction "
+        "table with them (ONNX graphs are re-exported; the artifact is replaced atomically).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _model_argument(r)
+    r.add_argument(
+        "--method", choices=["boundary", "closed-form"], default="boundary", help="how to find them"
+    )
+    r.add_argument(
+        "--features",
+        default="thickness,slant,size",
+        help="features to find (boundary) or measure: thickness, slant, size, pos_x, pos_y",
+    )
+    r.add_argument("--k", type=int, default=5, help="directions to keep (closed-form)")
+    r.add_argument("--samples", type=int, default=5000, help="samples for the boundary fit")
+    r.add_argument("--seed", type=int, default=0, help="seed of the sampled noise")
+    r.set_defaults(func=cmd_directions)
 
     p = sub.add_parser(
         "interpolate",
