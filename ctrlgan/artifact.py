@@ -95,8 +95,10 @@ class Manifest:
             raise ArtifactError(path, "embedding disagrees with the generator config")
         if not all(isinstance(v, str) and len(v) == 64 for v in self.files.values()):
             raise ArtifactError(path, "files must map file names to sha256 hex digests")
+        if not isinstance(self.onnx, dict):
+            raise ArtifactError(path, "onnx must map ONNX file names to their signatures")
         unsigned = [n for n in self.files if n.endswith(".onnx") and n not in self.onnx]
-        if unsigned or not isinstance(self.onnx, dict):
+        if unsigned:
             raise ArtifactError(path, f"onnx: no signature recorded for {', '.join(unsigned)}")
 
     @property

@@ -159,3 +159,13 @@ def test_directories_are_exchanged_in_one_step(tmp_path):
     assert _exchange(tmp_path / "a", tmp_path / "b")  # Linux: renameat2(RENAME_EXCHANGE)
     assert (tmp_path / "b" / "f").read_text() == "new"
     assert (tmp_path / "a" / "f").read_text() == "old"
+
+
+def test_a_malformed_onnx_field_is_an_artifact_error(tmp_path, tiny_model):
+    path = tmp_path / "m"
+    shutil.copytree(tiny_model.artifact.path, path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["onnx"] = 5
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="onnx"):
+        Artifact.open(path)
