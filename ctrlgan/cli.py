@@ -1,4 +1,5 @@
-"""The `ctrlgan` command: train, sample, generate, interpolate, directions, export, bench, info.
+"""The `ctrlgan` command: train, sample, generate, interpolate, directions, traverse,
+export, bench, info.
 
 User mistakes print one line on stderr and exit with status 2; Ctrl-C during training saves a
 checkpoint and exits with 130.
@@ -7,6 +8,7 @@ checkpoint and exits with 130.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -243,7 +245,13 @@ def cmd_directions(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     artifact = Artifact.open(args.model)
-    names = features.check_names(args.features)
+    if args.report:
+        return _directions_report(args, artifact)
+    if args.heatmap is not None or args.data is not None:
+        raise InvalidRequest("report", "--heatmap and --data belong to --report")
+    names = features.check_names(args.features or "thickness,slant,size")
+    if args.samples is None:
+        args.samples = 512 if args.method == "gradient" else 5000
     if args.samples < 20:
         raise InvalidRequest("samples", f"must be >= 20, got {args.samples}")
     z_dim = artifact.manifest.z_dim
@@ -251,10 +259,24 @@ def cmd_directions(args: argparse.Namespace) -> int:
         raise InvalidRequest("k", f"must lie in 1..{z_dim} (the model's z_dim), got {args.k}")
     if args.seed < 0:
         raise InvalidRequest("seed", f"must be >= 0, got {args.seed}")
+    if args.per_class and args.method != "gradient":
+        raise InvalidRequest("per-class", "per-class tables come from --method gradient only")
     generator = artifact.build_generator()
     measure = features.feature_fn(names)
     if args.method == "boundary":
         found = directions.boundary_directions(generator, measure, n=args.samples, seed=args.seed)
+    elif args.method == "gradient":
+        found = directions.gradient_directions(
+            generator,
+            directions.differentiable_features(names),
+            names,
+            n=args.samples,
+            steps=args.grad_steps,
+            step_size=args.step_size,
+            lam=args.lam,
+            seed=args.seed,
+            per_class=args.per_class,
+        )
     else:
         found = directions.closed_form_directions(generator, args.k)
     columns, effect = directions.effect_matrix(
@@ -275,7 +297,16 @@ def cmd_directions(args: argparse.Namespace) -> int:
     }
     if found.eigenvalues:
         info["eigenvalues"] = [round(v, 6) for v in found.eigenvalues]
-    written = directions.write_directions(artifact.path, found.names, found.table, info=info)
+    if found.method == "gradient":
+        info |= {
+            "steps": args.grad_steps,
+            "step_size": args.step_size,
+            "lambda": args.lam,
+            "per_class": args.per_class,
+        }
+    written = directions.write_directions(
+        artifact.path, found.names, found.table, info=info, effects=effect
+    )
     seconds = time.perf_counter() - start
     header = f"{'direction':<12}{'val acc':>9}{'monotonic':>11}"
     print(header + "".join(f"{'d ' + c:>13}" for c in columns))
@@ -293,6 +324,115 @@ def cmd_directions(args: argparse.Namespace) -> int:
     )
     print(
         f"wrote {len(found.names)} {found.method} direction(s) to {written.path} ({seconds:.1f} s)"
+    )
+    return 0
+
+
+def _directions_report(args: argparse.Namespace, artifact) -> int:
+    """--report: the effect matrix of the model's table and the data's feature correlations;
+    read-only (the artifact is not touched)."""
+    import torch
+
+    from ctrlgan.training import directions, features
+    from ctrlgan.training.data import load_dataset
+
+    names = features.check_names(args.features or ",".join(features.FEATURES))
+    samples = 1000 if args.samples is None else args.samples
+    if samples < 20:
+        raise InvalidRequest("samples", f"must be >= 20, got {samples}")
+    if args.seed < 0:
+        raise InvalidRequest("seed", f"must be >= 0, got {args.seed}")
+    heatmap = None if args.heatmap is None else Path(args.heatmap)
+    if heatmap is not None and (heatmap.suffix.lower() != ".png" or not heatmap.parent.is_dir()):
+        raise InvalidRequest(
+            "heatmap", f"{str(heatmap)!r} must be a .png file in an existing directory"
+        )
+    if heatmap is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InvalidRequest("heatmap", "needs matplotlib: pip install matplotlib") from None
+    provenance = artifact.manifest.provenance.get("dataset")
+    spec = args.data if args.data is not None else ("digits" if provenance == "digits" else None)
+    dataset = None
+    if spec is not None:
+        _, h, _ = artifact.manifest.image_shape
+        dataset = load_dataset(spec, size=h, n=5000)
+    dir_names, table = directions.load_table(artifact)
+    generator = artifact.build_generator()
+    measure = features.feature_fn(names)
+    columns, effect = directions.effect_matrix(
+        generator, table, measure, n=samples, seed=args.seed + 1
+    )
+    kind = "per-class table, averaged over classes" if table.ndim == 3 else "global table"
+    print(f"effect matrix: mean feature change per unit step ({kind}, {samples} samples)")
+    print(f"{'direction':<12}" + "".join(f"{c:>11}" for c in columns))
+    for k, name in enumerate(dir_names):
+        print(f"{name:<12}" + "".join(f"{float(v):>11.4f}" for v in effect[k]))
+    correlation = scale = None
+    if dataset is None:
+        print("feature correlation: skipped (give --data, e.g. --data digits)")
+    else:
+        _, correlation = directions.feature_correlation(dataset.images, measure)
+        scale = torch.stack([v.std() for v in measure(dataset.images).values()])
+        print(f"feature correlation on {dataset.name} ({len(dataset)} images)")
+        print(f"{'feature':<12}" + "".join(f"{c:>11}" for c in columns))
+        for a, name in enumerate(columns):
+            print(f"{name:<12}" + "".join(f"{float(v):>11.3f}" for v in correlation[a]))
+    if heatmap is not None:
+        method = artifact.manifest.provenance.get("directions", {}).get("method", "?")
+        directions.write_heatmap(
+            heatmap,
+            dir_names,
+            columns,
+            effect,
+            correlation,
+            scale,
+            title=f"{artifact.path.name}: {method} directions",
+        )
+        print(f"wrote {heatmap}")
+    return 0
+
+
+def _alphas(text: str) -> list[float]:
+    import math
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InvalidRequest(
+            "alphas", f"expected finite numbers like -3,-1.5,0,1.5,3, got {text!r}"
+        )
+    return values
+
+
+def cmd_traverse(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import ctrlgan
+
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise InvalidRequest("output", f"must be a .png file, got {str(out)!r}")
+    alphas = _alphas(args.alphas)
+    g = ctrlgan.load(args.model, backend=args.backend)
+    classes = parse_class_spec(args.cls, g.classes)
+    if len(classes) != 1:
+        raise InvalidRequest("class", f"give one class, got {args.cls!r}")
+    names = args.feature or list(g.features)
+    if not names:
+        raise InvalidRequest("feature", "this model has no direction table")
+    for name in names:
+        if name not in g.features:
+            known = ", ".join(g.features) or "none: this model has no direction table"
+            raise InvalidRequest("feature", f"unknown feature {name!r}; known: {known}")
+    strips = [g.traverse(args.seed, classes[0], name, alphas) for name in names]
+    ctrlgan.save_grid(np.concatenate(strips), out, nrow=len(alphas), scale=args.scale)
+    print(
+        f"wrote {out} (class {g.classes[classes[0]]}, seed {args.seed}; one row per feature: "
+        f"{', '.join(names)}; alphas {', '.join(f'{a:g}' for a in alphas)})"
     )
     return 0
 
@@ -492,6 +632,33 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--seed", type=int, default=d.seed, help="seed of initial weights, batches and noise"
     )
+    info = t.add_argument_group("disentanglement (InfoGAN: L = L_gan + lambda * reg_d)")
+    info.add_argument(
+        "--info-codes",
+        type=int,
+        default=d.info_codes,
+        help="z dims 0..N-1 become continuous codes that a Q head on D must recover (0: off)",
+    )
+    info.add_argument(
+        "--info-categories",
+        type=int,
+        default=d.info_categories,
+        help="K values of one categorical code in the z dim after the continuous ones (0: none)",
+    )
+    info.add_argument(
+        "--info-lambda",
+        type=float,
+        default=d.info_lambda,
+        help="weight lambda of reg_d (InfoGAN or supervised codes)",
+    )
+    info.add_argument(
+        "--supervised-codes",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=[],
+        metavar="F1,F2",
+        help="shapes only: z dims 0..m-1 carry these true factors (scale, pos_x, pos_y), "
+        "which a factor regressor must read back from G(z); excludes --info-codes",
+    )
     run = t.add_argument_group("run")
     run.add_argument("--out", default=d.out, help="run directory")
     run.add_argument(
@@ -606,23 +773,83 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find one direction per feature (boundary: the unit normal of a logistic "
         "regression on z labelled by the feature above/below its class median) or the top-K "
         "unsupervised ones (closed-form: eigenvectors of W_z^T W_z of the first layer, named "
-        "factor_0..), measure their effect on the features, and replace the model's direction "
-        "table with them (ONNX graphs are re-exported; the artifact is replaced atomically).",
+        "factor_0..; gradient: the source's classifier gradients, averaged unit displacements of "
+        "gradient ascent on z against the frozen generator and the measured features), measure "
+        "their effect on the features, and replace the model's direction table with them (ONNX "
+        "graphs are re-exported; the artifact is replaced atomically). With --report, change "
+        "nothing: print the effect matrix of the model's table and the data's feature "
+        "correlations, and optionally draw both as a heatmap.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _model_argument(r)
     r.add_argument(
-        "--method", choices=["boundary", "closed-form"], default="boundary", help="how to find them"
+        "--method",
+        choices=["boundary", "closed-form", "gradient"],
+        default="boundary",
+        help="how to find them",
     )
     r.add_argument(
         "--features",
-        default="thickness,slant,size",
-        help="features to find (boundary) or measure: thickness, slant, size, pos_x, pos_y",
+        default=None,
+        help="features to find or measure: thickness, slant, size, pos_x, pos_y "
+        "(default: thickness,slant,size; all five with --report)",
     )
     r.add_argument("--k", type=int, default=5, help="directions to keep (closed-form)")
-    r.add_argument("--samples", type=int, default=5000, help="samples for the boundary fit")
+    r.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="samples (default: 5000 boundary fit, 512 gradient ascent, 1000 report)",
+    )
     r.add_argument("--seed", type=int, default=0, help="seed of the sampled noise")
+    grad = r.add_argument_group("gradient method")
+    grad.add_argument(
+        "--per-class", action="store_true", help="one direction per class: a [C, K, Z] table"
+    )
+    grad.add_argument("--grad-steps", type=int, default=20, help="ascent steps per sample")
+    grad.add_argument("--step-size", type=float, default=0.1, help="z distance per ascent step")
+    grad.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=1.0,
+        help="weight of the penalty on the other features' change",
+    )
+    rep = r.add_argument_group("report")
+    rep.add_argument(
+        "--report", action="store_true", help="only report on the model's table (read-only)"
+    )
+    rep.add_argument("--heatmap", default=None, metavar="PNG", help="write the report's heatmap")
+    rep.add_argument(
+        "--data",
+        default=None,
+        help="data set for the feature correlations (default: the model's, if digits)",
+    )
     r.set_defaults(func=cmd_directions)
+
+    v = sub.add_parser(
+        "traverse",
+        help="write strips stepping one seed along feature directions",
+        description="One (seed, class) stepped along each feature's direction, one image per "
+        "alpha; one row per --feature (default: every direction of the model).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _model_argument(v)
+    v.add_argument("--class", dest="cls", default="0", help="one class: index or name")
+    v.add_argument(
+        "--feature", action="append", default=[], help="direction name (repeatable: one row each)"
+    )
+    v.add_argument("--seed", type=int, default=0, help="noise seed")
+    v.add_argument(
+        "--alphas", default="-3,-1.5,0,1.5,3", help="comma-separated steps along the direction"
+    )
+    # so that `--alphas -3,-1.5,0` is a value, not an unknown option (argparse only takes
+    # single negative numbers as values otherwise)
+    v._negative_number_matcher = re.compile(r"^-[0-9.]+(,[-+]?[0-9.]*)*$")
+    v.add_argument("--scale", type=int, default=4, help="enlarge pixels by this factor")
+    v.add_argument("--backend", default="auto", help="runtime backend")
+    v.add_argument("-o", "--output", default="traverse.png", help="PNG file to write")
+    v.set_defaults(func=cmd_traverse)
 
     p = sub.add_parser(
         "interpolate",

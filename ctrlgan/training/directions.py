@@ -14,6 +14,16 @@ latent prologue, step 3). Two ways to find one:
   descending; each sign is fixed so that its largest-magnitude component is positive. Named
   factor_0, factor_1, ... (what each changes is read off the effect matrix).
 
+* Classifier gradients (``gradient_directions``, the source's method): freeze the generator,
+  sample z and classes, and do gradient ascent on z only, per sample, on the score
+  s = f_t(z) - lambda * ||f_o(z) - f_o(z_0)||, where f_t is the target feature and f_o the other
+  features (each divided by its spread over the starting samples, so that lambda weighs them
+  alike). Each step moves z by ``step_size`` along the normalised gradient of s. The direction is
+  the mean of the unit displacements (z_T - z_0) / ||z_T - z_0||, normalised: over all samples
+  (a global [K, Z] row) or over each class's samples (a per-class [C, K, Z] table). It needs
+  differentiable features: ``differentiable_features`` computes features.py's measures with
+  the gradient kept (``features.measure`` detaches its input).
+
 ``project_off`` (conditional manipulation) removes from a direction n its component in the span
 of other directions C [M, Z]: n' = n - C^T (C C^T)^-1 C n, normalised; moving along n' leaves the
 linear scores C z unchanged, which keeps those features (to first order) fixed.
@@ -23,9 +33,10 @@ linear scores C z unchanged, which keeps those features (to first order) fixed.
 ``monotonic_share`` the share of samples whose target feature rises monotonically over alphas.
 
 ``write_directions`` validates a table against the artifact, then writes directions.safetensors
-({"directions": float32 [K, Z] or per class [C, K, Z]}) and the manifest's names in one atomic
-replacement, with freshly exported ONNX graphs when the artifact had graphs before (they bake the
-table in). A refused or failed write leaves the artifact as it was.
+({"directions": float32 [K, Z] or per class [C, K, Z], optionally "effects": float32 [K, F]})
+and the manifest's names in one atomic replacement, with freshly exported ONNX graphs when the
+artifact had graphs before (they bake the table in). A refused or failed write leaves the
+artifact as it was.
 """
 
 from __future__ import annotations
@@ -44,10 +55,10 @@ from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.network import ConditionalGenerator
 from ctrlgan.training.data import SHAPE_FACTORS
-from ctrlgan.training.features import FEATURES
+from ctrlgan.training.features import EPS, FEATURES, check_names
 
 FeatureFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
-METHODS = ("boundary", "closed-form")
+METHODS = ("boundary", "closed-form", "gradient")
 KNOWN_NAMES = tuple(dict.fromkeys((*FEATURES, *SHAPE_FACTORS, "shape")))
 _FACTOR = re.compile(r"factor_[0-9]+")
 DEFAULT_ALPHAS = tuple(np.linspace(-3.0, 3.0, 7).tolist())
@@ -56,7 +67,8 @@ BATCH = 2048
 
 @dataclass
 class Directions:
-    """Found directions: ``table`` float32 [K, Z], unit rows, one per name."""
+    """Found directions: ``table`` float32 [K, Z] (or per class [C, K, Z]), unit rows, one per
+    name."""
 
     method: str
     names: list[str]
@@ -148,6 +160,107 @@ def closed_form_directions(generator: ConditionalGenerator, k: int) -> Direction
         table.float(),
         eigenvalues=[float(v) for v in values[order]],
     )
+
+
+def differentiable_features(names=FEATURES) -> FeatureFn:
+    """features.py's measures (thickness, slant, size, pos_x, pos_y), same formulas, with the
+    gradient kept: images [B, C, H, W] tensor -> {name: float32 [B]}."""
+    names = check_names(names)
+
+    def measure(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = images.to(torch.float64)
+        _, _, h, w_ = x.shape
+        ink = ((x + 1) / 2).clamp(0, 1).mean(dim=1)  # [B, H, W]
+        mass = ink.sum(dim=(1, 2))
+        denom = mass + EPS
+        u = torch.linspace(0, 1, w_, dtype=x.dtype)[None, None, :]
+        v = torch.linspace(0, 1, h, dtype=x.dtype)[None, :, None]
+        cx = ((ink * u).sum(dim=(1, 2)) + 0.5 * EPS) / denom
+        cy = ((ink * v).sum(dim=(1, 2)) + 0.5 * EPS) / denom
+        du = u - cx[:, None, None]
+        dv = v - cy[:, None, None]
+        mu20 = (ink * du * du).sum(dim=(1, 2)) / denom
+        mu02 = (ink * dv * dv).sum(dim=(1, 2)) / denom
+        mu11 = (ink * du * dv).sum(dim=(1, 2)) / denom
+        values = {
+            "thickness": lambda: mass / (h * w_),
+            "slant": lambda: -mu11 / (mu02 + EPS),
+            "size": lambda: torch.sqrt(mu20 + mu02 + EPS * EPS),
+            "pos_x": lambda: cx,
+            "pos_y": lambda: cy,
+        }
+        return {n: values[n]().to(torch.float32) for n in names}
+
+    return measure
+
+
+def gradient_directions(
+    generator: ConditionalGenerator,
+    feature_fn: FeatureFn,
+    names: Sequence[str],
+    n: int = 512,
+    steps: int = 20,
+    step_size: float = 0.1,
+    lam: float = 1.0,
+    seed: int = 0,
+    per_class: bool = False,
+) -> Directions:
+    """One direction per name in ``names`` by gradient ascent on z against the frozen generator
+    and the differentiable ``feature_fn`` (see the module docstring). ``per_class``: a
+    [C, K, Z] table, one row per class from that class's samples; else a global [K, Z] table."""
+    n = _check_int(n, "samples", 2)
+    steps = _check_int(steps, "steps", 1)
+    for value, name in ((step_size, "step_size"), (lam, "lambda")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise InvalidRequest(name, f"must be a number >= 0, got {value!r}")
+    if not step_size > 0:
+        raise InvalidRequest("step_size", f"must be > 0, got {step_size!r}")
+    names = list(names)
+    n_classes = generator.config.n_classes
+    if per_class and n < n_classes:
+        raise InvalidRequest("samples", f"per class needs >= {n_classes} samples, got {n}")
+    z0, labels = sample_latents(generator, n, seed)
+    generator.eval()
+    frozen = [p.requires_grad for p in generator.parameters()]
+    generator.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            start = feature_fn(generator(z0, labels))
+        missing = [name for name in names if name not in start]
+        if missing or not names:
+            raise InvalidRequest("names", f"not measured by the feature function: {missing}")
+        spread = {f: v.std().clamp_min(1e-8) for f, v in start.items()}
+        rows = []
+        for target in names:
+            others = [f for f in start if f != target]
+            z = z0.clone().requires_grad_(True)
+            with torch.enable_grad():
+                for _ in range(steps):
+                    values = feature_fn(generator(z, labels))
+                    score = values[target] / spread[target]
+                    if others and lam:
+                        moved = torch.stack(
+                            [(values[f] - start[f]) / spread[f] for f in others], dim=1
+                        )
+                        score = score - lam * torch.sqrt((moved * moved).sum(dim=1) + 1e-12)
+                    # per-sample ascent: the samples are independent, so d sum / dz_i = d s_i / dz_i
+                    (grad,) = torch.autograd.grad(score.sum(), z)
+                    unit = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                    z = (z + step_size * unit).detach().requires_grad_(True)
+            shift = (z.detach() - z0).double()
+            shift = shift / shift.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            if per_class:
+                rows.append(torch.stack([shift[labels == c].mean(0) for c in range(n_classes)]))
+            else:
+                rows.append(shift.mean(0))
+    finally:
+        for p, flag in zip(generator.parameters(), frozen, strict=True):
+            p.requires_grad_(flag)
+    table = torch.stack(rows, dim=-2)  # [K, Z] or [C, K, Z]
+    norm = table.norm(dim=-1, keepdim=True)
+    if (norm < 1e-8).any():
+        raise InvalidRequest("names", "a displacement averaged to zero: no direction found")
+    return Directions("gradient", names, (table / norm).float())
 
 
 def _sign(rows: torch.Tensor) -> torch.Tensor:
@@ -284,12 +397,13 @@ def check_table(artifact: Artifact, names, table) -> tuple[list[str], torch.Tens
     return names, t.contiguous()
 
 
-def write_directions(model_path, names, table, info: dict | None = None) -> Artifact:
+def write_directions(model_path, names, table, info: dict | None = None, effects=None) -> Artifact:
     """Replace the artifact's direction table by ``table`` [K, Z] (or [C, K, Z]) with ``names``.
 
     ONNX graphs, if the artifact had them, are re-exported with the new table; everything is
     staged in a temporary copy and swapped in with one atomic write. ``info`` (JSON-able) is
-    recorded as the manifest's provenance["directions"]."""
+    recorded as the manifest's provenance["directions"]; ``effects`` [K, F], the measured effect
+    matrix, is stored beside the table as "effects" (its feature names belong in ``info``)."""
     from ctrlgan.export import onnx as export
 
     artifact = Artifact.open(model_path)
@@ -299,6 +413,13 @@ def write_directions(model_path, names, table, info: dict | None = None) -> Arti
     if info is not None:
         manifest.provenance = {**manifest.provenance, "directions": info}
     tensors = {DIRECTIONS: {"directions": t}}
+    if effects is not None:
+        e = torch.as_tensor(effects).detach().to(torch.float32).cpu().contiguous()
+        if e.ndim != 2 or e.shape[0] != len(names) or not torch.isfinite(e).all():
+            raise InvalidRequest(
+                "effects", f"must be finite [{len(names)}, F], got {tuple(e.shape)}"
+            )
+        tensors[DIRECTIONS]["effects"] = e
     if not any(f.endswith(".onnx") for f in manifest.files):
         return write_artifact(artifact.path, manifest, tensors=tensors, keep=True)
     with tempfile.TemporaryDirectory(prefix=".ctrlgan-directions-") as tmp:
@@ -321,3 +442,93 @@ def _check_int(value, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InvalidRequest(name, f"must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+# Entanglement report -------------------------------------------------------------------------
+
+
+def load_table(artifact: Artifact) -> tuple[list[str], torch.Tensor]:
+    """The artifact's direction names and table ([K, Z] or [C, K, Z]), checked against it."""
+    names = list(artifact.manifest.directions)
+    if not names:
+        raise InvalidRequest(
+            "model", f"{artifact.path} has no direction table: run `ctrlgan directions` first"
+        )
+    tensors = artifact.load_tensors(DIRECTIONS)
+    if "directions" not in tensors:
+        raise InvalidRequest("model", f"{artifact.path / DIRECTIONS} has no 'directions' table")
+    return check_table(artifact, names, tensors["directions"])
+
+
+def feature_correlation(images, feature_fn: FeatureFn) -> tuple[list[str], torch.Tensor]:
+    """Pearson correlation [F, F] of the features measured on ``images`` (a data set's)."""
+    values = feature_fn(images)
+    names = list(values)
+    x = torch.stack([values[f].double() for f in names])  # [F, N]
+    x = x - x.mean(dim=1, keepdim=True)
+    std = x.norm(dim=1).clamp_min(1e-12)
+    return names, ((x @ x.T) / (std[:, None] * std[None, :])).float()
+
+
+def write_heatmap(
+    path,
+    directions: Sequence[str],
+    features: Sequence[str],
+    effects: torch.Tensor,
+    correlation: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    title: str = "",
+) -> Path:
+    """A PNG: the effect matrix [K, F] beside the data's feature correlation [F, F] (if given).
+
+    The effect cells are coloured by the change per unit step divided by ``scale`` [F] (the
+    feature's spread on the data, so columns compare) and labelled with the raw values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    e = effects.double()
+    shown = e / scale.double()[None, :] if scale is not None else e
+    panels = 2 if correlation is not None else 1
+    fig, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(
+            panels * (2.5 + 0.9 * len(features)),
+            1.8 + 0.55 * max(len(directions), len(features)),
+        ),
+        squeeze=False,
+    )
+    limit = float(shown.abs().max()) or 1.0
+    ax = axes[0, 0]
+    im = ax.imshow(shown.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax.set_xticks(range(len(features)), features, rotation=45, ha="right")
+    ax.set_yticks(range(len(directions)), directions)
+    ax.set_xlabel("feature")
+    ax.set_ylabel("direction")
+    ax.set_title("effect per unit step" + (" (colour: / data std)" if scale is not None else ""))
+    for (k, f), v in np.ndenumerate(e.numpy()):
+        ax.text(f, k, f"{v:.3g}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if correlation is not None:
+        ax = axes[0, 1]
+        im = ax.imshow(correlation.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_xticks(range(len(features)), features, rotation=45, ha="right")
+        ax.set_yticks(range(len(features)), features)
+        ax.set_title("feature correlation on the data")
+        for (a, b), v in np.ndenumerate(correlation.numpy()):
+            ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

@@ -89,10 +89,20 @@ class Discriminator(nn.Module):
             self.embed = nn.Embedding(n_classes, ch)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.score(self.features(x, labels), labels)
+
+    def features(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The trunk's output maps [B, C, s0, s0], shared with a Q head (disentangle.py)."""
         if self.kind == "concat":
             maps = onehot_channels(labels, self.n_classes, x.shape[2], x.shape[3]).to(x.dtype)
-            return self.head(self.trunk(torch.cat([x, maps], dim=1))).flatten()
-        phi = self.trunk(x).sum(dim=(2, 3))  # global sum pooling
+            return self.trunk(torch.cat([x, maps], dim=1))
+        return self.trunk(x)
+
+    def score(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Trunk features -> one logit or score per image."""
+        if self.kind == "concat":
+            return self.head(h).flatten()
+        phi = h.sum(dim=(2, 3))  # global sum pooling
         return self.psi(phi).flatten() + (self.embed(labels) * phi).sum(dim=1)
 
 

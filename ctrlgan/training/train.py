@@ -3,7 +3,9 @@
 The generator sees z concatenated with a class embedding (one-hot by default); the
 discriminator sees the image plus one one-hot channel per class (or scores by projection).
 Losses: BCE (the source's) or W-loss with gradient penalty. Adam with lr 2e-4 and betas
-(0.5, 0.999); weights start N(0, 0.02).
+(0.5, 0.999); weights start N(0, 0.02). Optional InfoGAN codes (``info_codes``,
+``info_categories``; see disentangle.py) add lambda * reg_d to both players' losses, drawing
+the same random stream as a run without them.
 
 Reproducible and exactly resumable: every step draws its batch, noise and penalty mixing
 weights from a torch.Generator seeded by (seed, step) alone, so the state to carry across a
@@ -26,11 +28,12 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ctrlgan._fs import make_readable
 from ctrlgan.artifact import GENERATOR_WEIGHTS, Artifact, Manifest, write_artifact
@@ -40,6 +43,16 @@ from ctrlgan.kernels.reference import noise
 from ctrlgan.network import EMBEDDINGS, IMAGE_SIZES, ConditionalGenerator, GeneratorConfig
 from ctrlgan.training import losses, metrics
 from ctrlgan.training.data import load_dataset
+from ctrlgan.training.disentangle import (
+    SUPERVISED_FACTORS,
+    InfoCodes,
+    attach_factor_net,
+    attach_q_head,
+    codes_to_z,
+    factor_codes,
+    info_loss,
+    regress,
+)
 from ctrlgan.training.nets import DISCRIMINATORS, Discriminator, init_weights
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -73,6 +86,10 @@ class TrainConfig:
     sample_every: int = 500
     checkpoint_every: int = 500
     eval_per_class: int = 1000
+    info_codes: int = 0  # InfoGAN: z dims [0, info_codes) are continuous codes (disentangle.py)
+    info_categories: int = 0  # InfoGAN: values of one categorical code in the next z dim (0: none)
+    info_lambda: float = 1.0  # weight of reg_d (InfoGAN or supervised codes)
+    supervised_codes: list = field(default_factory=list)  # shapes: factors in z dims 0..m-1
     resume: bool = False
     command: str = ""  # provenance: the command line that started the run
 
@@ -100,6 +117,43 @@ class TrainConfig:
                 raise InvalidRequest(name, "must be in [0, 1)")
         if not 0 <= self.seed < 2**63:
             raise InvalidRequest("seed", "must be in [0, 2**63)")
+        for name in ("info_codes", "info_categories"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidRequest(name, f"must be an integer >= 0, got {value!r}")
+        if self.info_categories == 1:
+            raise InvalidRequest(
+                "info_categories", "a categorical code needs >= 2 values (0: none)"
+            )
+        n_dims = self.info_codes + (1 if self.info_categories else 0)
+        if n_dims > self.z_dim:
+            raise InvalidRequest(
+                "info_codes", f"{n_dims} code dimensions do not fit in z_dim={self.z_dim}"
+            )
+        sup = self.supervised_codes
+        if not isinstance(sup, (list, tuple)) or not all(isinstance(n, str) for n in sup):
+            raise InvalidRequest("supervised_codes", f"must be a list of names, got {sup!r}")
+        unknown = [n for n in sup if n not in SUPERVISED_FACTORS]
+        if unknown or len(set(sup)) != len(sup):
+            raise InvalidRequest(
+                "supervised_codes",
+                f"give distinct names of {', '.join(SUPERVISED_FACTORS)}, got {list(sup)}",
+            )
+        if sup and n_dims:
+            raise InvalidRequest(
+                "supervised_codes", "cannot be combined with info_codes or info_categories"
+            )
+        if len(sup) > self.z_dim:
+            raise InvalidRequest("supervised_codes", f"more codes than z_dim={self.z_dim}")
+        lam = self.info_lambda
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 < lam < float("inf"):
+            raise InvalidRequest("info_lambda", f"must be a positive number, got {lam!r}")
+
+    def info(self) -> InfoCodes | None:
+        """The InfoGAN codes of this run, or None (plain GAN training)."""
+        if not self.info_codes and not self.info_categories:
+            return None
+        return InfoCodes(self.info_codes, self.info_categories)
 
 
 # Options that may change when a run is resumed; all others must match the checkpoint.
@@ -146,6 +200,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         raise InvalidRequest(
             "image_size", f"data images are {height}x{width}; pass one of {IMAGE_SIZES}"
         )
+    sup = list(config.supervised_codes)
+    if sup and data.factors is None:
+        raise InvalidRequest("supervised_codes", f"{data.name!r} has no factors (use shapes)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -181,6 +238,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     )
     init_weights(G)
     init_weights(D)
+    info = config.info()
+    if info is not None:  # after D's init, so G and D start as in a run without codes
+        attach_q_head(D, info, height, channels)
+    if sup:  # the supervised variant's factor regressor, likewise after D's init
+        codes = factor_codes(data.factors, data.factor_names, sup)  # [N, m] in [-1, 1]
+        attach_factor_net(D, len(sup), height, channels)
     betas = (config.beta1, config.beta2)
     opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=betas)
@@ -204,25 +267,48 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
                 idx = torch.randperm(len(images), generator=rng)[: config.batch_size]
                 real, y = images[idx], labels[idx]
                 z = torch.randn(len(idx), config.z_dim, generator=rng)
+                if sup:  # fakes carry the real batch's factor codes
+                    z[:, : len(sup)] = codes_to_z(codes[idx])
                 with torch.no_grad():
                     fake = G(z, y)
-                real_out, fake_out = D(real, y), D(fake, y)
+                if info is None:
+                    real_out, fake_out = D(real, y), D(fake, y)
+                else:
+                    real_out, h = D(real, y), D.features(fake, y)
+                    fake_out = D.score(h, y)
                 if config.loss == "bce":
                     d_loss = losses.bce_discriminator(real_out, fake_out)
                 else:
                     d_loss = losses.wasserstein_critic(real_out, fake_out)
                     gp = losses.gradient_penalty(D, real, fake, y, generator=rng)
                     d_loss = d_loss + config.gp_weight * gp
+                if info is not None:  # InfoGAN's D/Q update: L_D + lambda * reg_d
+                    d_loss = d_loss + config.info_lambda * info_loss(info, D.q_head(h), z)
+                if sup:  # fit the factor regressor on real images (its own parameters)
+                    d_loss = d_loss + F.mse_loss(regress(D.factor_net, real), codes[idx])
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 opt_d.step()
             # Generator: fool the discriminator on the last batch's classes.
             z = torch.randn(len(y), config.z_dim, generator=rng)
-            fake_out = D(G(z, y), y)
+            if sup:
+                z[:, : len(sup)] = codes_to_z(codes[idx])
+            if info is None:
+                fake = G(z, y)
+                fake_out = D(fake, y)
+            else:
+                h = D.features(G(z, y), y)
+                fake_out = D.score(h, y)
             if config.loss == "bce":
                 g_loss = losses.bce_generator(fake_out)
             else:
                 g_loss = losses.wasserstein_generator(fake_out)
+            if info is not None:  # L = L_gan + lambda * reg_d
+                reg_d = info_loss(info, D.q_head(h), z)
+                g_loss = g_loss + config.info_lambda * reg_d
+            if sup:  # L = L_gan + lambda * reg_d, reg_d = MSE(R(G(z, y)), c)
+                reg_d = F.mse_loss(regress(D.factor_net, fake, train=False), codes[idx])
+                g_loss = g_loss + config.info_lambda * reg_d
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
@@ -230,7 +316,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
             bar.update(1)
             if step % 10 == 0 or step == config.steps:
-                bar.set_postfix(d_loss=f"{d_loss.item():.3f}", g_loss=f"{g_loss.item():.3f}")
+                shown = {"d_loss": f"{d_loss.item():.3f}", "g_loss": f"{g_loss.item():.3f}"}
+                if info is not None or sup:
+                    shown["reg_d"] = f"{reg_d.item():.3f}"
+                bar.set_postfix(**shown)
             if step % config.sample_every == 0 or step == config.steps:
                 G.eval()
                 with torch.no_grad():
@@ -273,6 +362,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             "seed": config.seed,
             "config": asdict(config),
             "metrics": result_metrics,
+            **({} if info is None else {"disentangle": _info_provenance(config, info)}),
+            **({} if not sup else {"disentangle": _supervised_provenance(config)}),
             "train_seconds": round(seconds, 1),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -281,6 +372,21 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     )
     artifact = write_artifact(out / "model", manifest, {GENERATOR_WEIGHTS: G.state_dict()})
     return TrainResult(artifact, step, result_metrics, seconds)
+
+
+def _info_provenance(config: TrainConfig, info: InfoCodes) -> dict:
+    return {"method": "infogan", "lambda": config.info_lambda, **info.describe()}
+
+
+def _supervised_provenance(config: TrainConfig) -> dict:
+    sup = config.supervised_codes
+    return {
+        "method": "supervised",
+        "lambda": config.info_lambda,
+        "factors": list(sup),
+        "dims": list(range(len(sup))),
+        "code": "c = 2 (f - lo) / (hi - lo) - 1, z = sqrt 2 erfinv(c)",
+    }
 
 
 class _StopFlag:
@@ -352,7 +458,9 @@ def _load_checkpoint(path: Path, config: TrainConfig, G, D, opt_g, opt_d) -> tup
         raise InvalidRequest("resume", f"checkpoint {str(path)!r} is unreadable ({e})") from None
     saved = header["config"]
     for f in fields(TrainConfig):
-        if f.name not in RESUMABLE and saved.get(f.name) != getattr(config, f.name):
+        # Checkpoints older than an option hold its default.
+        default = f.default_factory() if f.default is MISSING else f.default
+        if f.name not in RESUMABLE and saved.get(f.name, default) != getattr(config, f.name):
             raise InvalidRequest(
                 f.name,
                 f"differs from the checkpoint's ({saved.get(f.name)!r}); resume with the same",
