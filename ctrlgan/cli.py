@@ -268,7 +268,7 @@ def cmd_directions(args: argparse.Namespace) -> int:
     elif args.method == "gradient":
         found = directions.gradient_directions(
             generator,
-            directions.differentiable_features(names),
+            directions.differentiable_features(),  # every feature: the others are held fixed
             names,
             n=args.samples,
             steps=args.grad_steps,
@@ -845,7 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # so that `--alphas -3,-1.5,0` is a value, not an unknown option (argparse only takes
     # single negative numbers as values otherwise)
-    v._negative_number_matcher = re.compile(r"^-[0-9.]+(,[-+]?[0-9.]*)*$")
+    number = r"(?:[0-9.]+(?:[eE][-+]?[0-9]+)?|inf|nan)"
+    v._negative_number_matcher = re.compile(rf"^-{number}(,[-+]?{number}?)*$")
     v.add_argument("--scale", type=int, default=4, help="enlarge pixels by this factor")
     v.add_argument("--backend", default="auto", help="runtime backend")
     v.add_argument("-o", "--output", default="traverse.png", help="PNG file to write")

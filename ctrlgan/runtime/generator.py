@@ -178,6 +178,9 @@ class Generator:
             raise InvalidRequest("alphas", "must be a non-empty list of numbers")
         if not np.isfinite(values).all():
             raise InvalidRequest("alphas", "must be finite (no NaN or inf)")
+        if np.abs(values).max() > request.MAX_ALPHA:
+            limit = request.MAX_ALPHA
+            raise InvalidRequest("alphas", f"must lie in [-{limit}, {limit}]")
         return self.sample(
             classes=cls, seeds=[seed] * len(values), steer={feature: values},
             truncation=truncation, output=output,

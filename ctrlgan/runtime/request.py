@@ -14,6 +14,7 @@ import numpy as np
 from ctrlgan.errors import InvalidRequest
 
 MAX_SEED = 2**64
+MAX_ALPHA = 1000.0  # steps along a unit direction; noise entries are ~N(0, 1), so far beyond use
 
 
 @dataclass(slots=True)
@@ -235,5 +236,7 @@ def parse_steer(steer, features: Sequence[str], rows: int) -> np.ndarray:
             raise InvalidRequest(f"steer.{name}", f"must be a number or {rows} numbers")
         if not np.isfinite(values).all():
             raise InvalidRequest(f"steer.{name}", "must be finite (no NaN or inf)")
+        if np.abs(values).max() > MAX_ALPHA:
+            raise InvalidRequest(f"steer.{name}", f"must lie in [-{MAX_ALPHA}, {MAX_ALPHA}]")
         alpha[:, list(features).index(name)] = values
     return alpha

@@ -5,7 +5,7 @@ categorical code with ``n_categories`` values (Chen et al., 2016). A Q head on t
 discriminator's convolutional features predicts the codes back from a generated image, and
 both players add ``lambda * reg_d`` to their losses, where
 
-    reg_d = mean_j (c_j - mu_j(x))^2 / n_codes  +  CE(softmax(logits(x)), k)
+    reg_d = mean_j (c_j - mu_j(x))^2  +  CE(softmax(logits(x)), k)   (mean over codes and batch)
 
 is the negative of InfoGAN's variational lower bound on I(c; G(z, y)) up to constants: the
 log-likelihood of a unit-variance Gaussian Q(c | x) for the continuous codes (i.e. MSE) and of

@@ -93,9 +93,16 @@ SHAPE_SYMMETRY = {"square": 4, "ellipse": 2, "heart": 1, "triangle": 3}
 
 
 def _equal_frequency_bins(values: np.ndarray, bins: int) -> np.ndarray:
-    """Column-wise ranks -> bin indices in [0, bins), each bin holding ~N / bins values."""
+    """Column-wise ranks -> bin indices in [0, bins), each bin holding ~N / bins values. A column
+    with at most ``bins`` distinct values (a discrete factor) keeps one bin per value instead, so
+    that ties are never split across bins."""
     ranks = np.argsort(np.argsort(values, axis=0, kind="stable"), axis=0, kind="stable")
-    return (ranks * bins) // len(values)
+    out = (ranks * bins) // len(values)
+    for j in range(values.shape[1]):
+        distinct, index = np.unique(values[:, j], return_inverse=True)
+        if len(distinct) <= bins:
+            out[:, j] = index.reshape(-1)
+    return out
 
 
 def mutual_information_gap(latents, factors, bins: int = MIG_BINS) -> dict:

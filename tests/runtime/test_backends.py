@@ -131,6 +131,8 @@ def test_traverse_moves_along_the_direction(gens):
         (lambda g: g.sample(classes=1, seeds="3-1"), "seeds"),
         (lambda g: g.sample(classes=1, seeds="a-b"), "seeds"),
         (lambda g: g.sample(classes=1, seeds=[1], steer={"up": np.inf}), "steer.up"),
+        (lambda g: g.sample(classes=1, seeds=[1], steer={"up": 1e308}), "steer.up"),
+        (lambda g: g.traverse(seed=1, cls=0, feature="up", alphas=[1e308, 1.0]), "alphas"),
     ],
 )
 def test_bad_verb_arguments(gens, call, field):

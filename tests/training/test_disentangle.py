@@ -253,3 +253,62 @@ def test_checkpoints_from_before_the_info_options_resume(tmp_path):
         del header["config"][name]
     save_file(load_file(path), path, metadata={"ctrlgan": json.dumps(header)})
     assert train(replace(config, steps=2, resume=True), progress=False).steps == 2
+
+
+def test_mig_keeps_discrete_values_whole():
+    """A 4-valued factor that a latent determines exactly: MIG near 1 (ties not split)."""
+    from ctrlgan.training.metrics import mutual_information_gap
+
+    rng = np.random.default_rng(0)
+    factor = rng.integers(0, 4, 4000).astype(np.float64)
+    latents = np.stack([factor + 0.01 * rng.standard_normal(4000), rng.standard_normal(4000)], 1)
+    result = mutual_information_gap(latents, factor[:, None])
+    assert result["mig"] > 0.9
+
+
+def test_both_players_get_the_regulariser(tmp_path, monkeypatch):
+    """reg_d enters the D/Q step and the G step of every iteration (L = L_gan + lambda reg_d),
+    and the supervised fakes carry the real batch's factor codes in their first z dims."""
+    import ctrlgan.training.train as train_module
+
+    calls = {"info": [], "regress": [], "g_inputs": []}
+    info_loss, regress = train_module.info_loss, train_module.regress
+
+    def counting_info_loss(codes, q_out, z):
+        calls["info"].append(q_out.requires_grad)
+        return info_loss(codes, q_out, z)
+
+    def counting_regress(net, images, **kw):
+        calls["regress"].append(images.requires_grad)
+        return regress(net, images, **kw)
+
+    monkeypatch.setattr(train_module, "info_loss", counting_info_loss)
+    monkeypatch.setattr(train_module, "regress", counting_regress)
+    config = TrainConfig(out=str(tmp_path / "i"), info_codes=2, **{**FAST, "steps": 2})
+    train(config, progress=False)
+    assert len(calls["info"]) == 2 * (config.d_steps + 1)  # D steps and the G step, per step
+
+    forward = ConditionalGenerator.forward
+
+    def recording_forward(self, z, labels):
+        if self.training:
+            calls["g_inputs"].append(z.detach().clone())
+        return forward(self, z, labels)
+
+    monkeypatch.setattr(ConditionalGenerator, "forward", recording_forward)
+    config = TrainConfig(
+        out=str(tmp_path / "s"), data="shapes", n_data=64, image_size=16,
+        supervised_codes=["scale"], **{**FAST, "steps": 1},
+    )  # fmt: skip
+    train(config, progress=False)
+    # the regressor reads real images (D step) and fakes with gradients (G step)
+    assert calls["regress"] == [False] * config.d_steps + [True]
+    # every training-time generator input carries a real image's factor code in z dim 0
+    from ctrlgan.training.data import load_dataset
+
+    data = load_dataset("shapes", size=16, n=64, seed=config.seed)
+    allowed = codes_to_z(factor_codes(data.factors, data.factor_names, ["scale"]))[:, 0]
+    assert calls["g_inputs"]
+    for z in calls["g_inputs"]:
+        distance = (z[:, 0, None] - allowed[None, :]).abs().min(dim=1).values
+        assert distance.max() < 1e-6
