@@ -22,7 +22,7 @@ latent prologue, step 3). Two ways to find one:
   the mean of the unit displacements (z_T - z_0) / ||z_T - z_0||, normalised: over all samples
   (a global [K, Z] row) or over each class's samples (a per-class [C, K, Z] table). It needs
   differentiable features: ``differentiable_features`` computes features.py's measures with
-  the gradient kept (``features.measure`` detaches its input).
+  the gradient kept (``features.measure(..., keep_grad=True)``).
 
 ``project_off`` (conditional manipulation) removes from a direction n its component in the span
 of other directions C [M, Z]: n' = n - C^T (C C^T)^-1 C n, normalised; moving along n' leaves the
@@ -46,6 +46,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.network import ConditionalGenerator
 from ctrlgan.training.data import SHAPE_FACTORS
-from ctrlgan.training.features import EPS, FEATURES, check_names
+from ctrlgan.training.features import FEATURES, check_names, measure
 
 FeatureFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 METHODS = ("boundary", "closed-form", "gradient")
@@ -163,35 +164,9 @@ def closed_form_directions(generator: ConditionalGenerator, k: int) -> Direction
 
 
 def differentiable_features(names=FEATURES) -> FeatureFn:
-    """features.py's measures (thickness, slant, size, pos_x, pos_y), same formulas, with the
-    gradient kept: images [B, C, H, W] tensor -> {name: float32 [B]}."""
-    names = check_names(names)
-
-    def measure(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = images.to(torch.float64)
-        _, _, h, w_ = x.shape
-        ink = ((x + 1) / 2).clamp(0, 1).mean(dim=1)  # [B, H, W]
-        mass = ink.sum(dim=(1, 2))
-        denom = mass + EPS
-        u = torch.linspace(0, 1, w_, dtype=x.dtype)[None, None, :]
-        v = torch.linspace(0, 1, h, dtype=x.dtype)[None, :, None]
-        cx = ((ink * u).sum(dim=(1, 2)) + 0.5 * EPS) / denom
-        cy = ((ink * v).sum(dim=(1, 2)) + 0.5 * EPS) / denom
-        du = u - cx[:, None, None]
-        dv = v - cy[:, None, None]
-        mu20 = (ink * du * du).sum(dim=(1, 2)) / denom
-        mu02 = (ink * dv * dv).sum(dim=(1, 2)) / denom
-        mu11 = (ink * du * dv).sum(dim=(1, 2)) / denom
-        values = {
-            "thickness": lambda: mass / (h * w_),
-            "slant": lambda: -mu11 / (mu02 + EPS),
-            "size": lambda: torch.sqrt(mu20 + mu02 + EPS * EPS),
-            "pos_x": lambda: cx,
-            "pos_y": lambda: cy,
-        }
-        return {n: values[n]().to(torch.float32) for n in names}
-
-    return measure
+    """features.py's measures (thickness, slant, size, pos_x, pos_y) with the gradient kept:
+    images [B, C, H, W] tensor -> {name: float32 [B]}."""
+    return partial(measure, names=check_names(names), keep_grad=True)
 
 
 def gradient_directions(

@@ -50,13 +50,16 @@ def check_names(names, field: str = "features") -> tuple[str, ...]:
     return names
 
 
-def measure(images, names=FEATURES) -> dict[str, torch.Tensor]:
-    """Features of images [B, C, H, W] in [-1, 1] (tensor or array): {name: float32 [B]}."""
+def measure(images, names=FEATURES, keep_grad: bool = False) -> dict[str, torch.Tensor]:
+    """Features of images [B, C, H, W] in [-1, 1] (tensor or array): {name: float32 [B]}.
+
+    ``keep_grad``: differentiable in the images (for gradient ascent on z); ``size`` then adds
+    EPS^2 under its square root so that its gradient stays finite on a blank image."""
     names = check_names(names)
     x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
     if x.ndim != 4 or x.shape[2] < 2 or x.shape[3] < 2:
         raise InvalidRequest("images", f"must be [B, C, H, W] with H, W >= 2, got {tuple(x.shape)}")
-    x = x.detach().to(torch.float64)
+    x = (x if keep_grad else x.detach()).to(torch.float64)
     _, _, h, w_ = x.shape
     ink = ((x + 1) / 2).clamp(0, 1).mean(dim=1)  # [B, H, W]
     mass = ink.sum(dim=(1, 2))
@@ -73,7 +76,7 @@ def measure(images, names=FEATURES) -> dict[str, torch.Tensor]:
     values = {
         "thickness": mass / (h * w_),
         "slant": -mu11 / (mu02 + EPS),
-        "size": torch.sqrt(mu20 + mu02),
+        "size": torch.sqrt(mu20 + mu02 + (EPS * EPS if keep_grad else 0.0)),
         "pos_x": cx,
         "pos_y": cy,
     }
