@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 import ctrlgan
+from ctrlgan.runtime.bench import save_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -188,10 +188,7 @@ def main(argv=None) -> int:
     }
     if not args.no_save:
         out = args.out or RESULTS / f"batcher-cpu-{result['date'][:10]}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, out)
+        save_json(out, result)
         print(f"\nwrote {out}")
     return 0 if identical else 1
 

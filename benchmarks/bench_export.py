@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -37,6 +36,7 @@ from ctrlgan.artifact import GENERATOR_WEIGHTS, Artifact, Manifest, write_artifa
 from ctrlgan.export import onnx as export
 from ctrlgan.kernels import reference as ref
 from ctrlgan.network import ConditionalGenerator, GeneratorConfig
+from ctrlgan.runtime.bench import save_json
 from ctrlgan.runtime.ort import OrtSession
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -162,10 +162,7 @@ def main(argv=None) -> int:
     }
     if not args.no_save:
         out = args.out or RESULTS / f"export-cpu-{result['date'][:10]}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, out)
+        save_json(out, result)
         print(f"\nwrote {out}")
     return 0
 

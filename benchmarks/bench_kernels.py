@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -43,6 +42,7 @@ import torch
 from ctrlgan.kernels import first_layer as fl
 from ctrlgan.kernels import latent
 from ctrlgan.kernels import reference as ref
+from ctrlgan.runtime.bench import save_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = "1,64,1024,16384,262144"
@@ -293,10 +293,7 @@ def main(argv=None) -> int:
         if out is None:
             kind = "gpu" if result["kernels_ran"] else "cpu-reference"
             out = RESULTS / f"kernels-{kind}-{result['date'][:10]}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, out)
+        save_json(out, result)
         print(f"\nwrote {out}")
     return 0
 

@@ -205,6 +205,12 @@ def environment() -> dict:
 def write_json(path: Path, results: list[Result], notes: list[str], model: str) -> None:
     data = {"benchmark": "runtime", "model": model, **environment(), "notes": notes,
             "results": [asdict(r) for r in results]}  # fmt: skip
+    save_json(path, data)
+
+
+def save_json(path: Path, data: dict) -> None:
+    """Write a benchmark record atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
