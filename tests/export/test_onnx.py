@@ -17,6 +17,7 @@ from ctrlgan.export import graph
 from ctrlgan.export import onnx as export
 from ctrlgan.kernels import reference as ref
 from ctrlgan.network import ConditionalGenerator, GeneratorConfig
+from tests.test_cli import assert_one_line_error, run
 
 
 @pytest.fixture
@@ -199,14 +200,8 @@ def test_cli_export_and_check(model, capsys):
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, model, capsys, argv, words):
-    argv = [a.format(tmp=tmp_path, model=model) for a in argv]
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
-    assert all(w in err[0] for w in words)
+    code, _, err = run(capsys, *[a.format(tmp=tmp_path, model=model) for a in argv])
+    assert_one_line_error(code, err, *words)
 
 
 def test_check_only_without_export_names_the_file(model, capsys):

@@ -7,6 +7,7 @@ import pytest
 
 from ctrlgan.cli import main
 from ctrlgan.export import onnx as export
+from tests.test_cli import assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +57,5 @@ def test_unusable_backend_is_skipped_with_a_note(tiny_model, capsys):
 )
 def test_bad_input_is_one_line_and_exit_2(model, tmp_path, capsys, extra, words):
     argv = ["bench", str(model), "--quiet", *[a.format(tmp=tmp_path) for a in extra]]
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert all(w in err[0] for w in words)
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *words)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import ctrlgan
-from ctrlgan.cli import main
 from ctrlgan.runtime.jobs import JobSpec, read_shard, run_job
+from tests.test_cli import assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
@@ -22,23 +22,6 @@ def model(tiny_model):
 @pytest.fixture(scope="module")
 def g(model):
     return ctrlgan.load(model, backend="torch")
-
-
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for word in words:
-        assert word in lines[0]
 
 
 def tree(directory):
