@@ -448,9 +448,25 @@ def _seed_class(text: str, field: str) -> tuple[int, str]:
     return value, cls
 
 
+# --grid: one row per mode, (label, method, vary)
+GRID_ROWS = (
+    ("lerp z (class fixed)", "lerp", "noise"),
+    ("slerp z (class fixed)", "slerp", "noise"),
+    ("class mix (z fixed)", "slerp", "class"),
+    ("slerp z + class mix", "slerp", "both"),
+)
+
+
 def cmd_interpolate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     import ctrlgan
 
+    # --method and --vary default to SUPPRESS, so absent means "not given"
+    method, vary = getattr(args, "method", None), getattr(args, "vary", None)
+    if args.grid and (method is not None or vary is not None):
+        given = "--method" if method is not None else "--vary"
+        raise InvalidRequest("grid", f"--grid draws every mode, one per row; drop {given}")
     g = ctrlgan.load(args.model, backend=args.backend)
     out = Path(args.output)
     if out.suffix.lower() != ".png":
@@ -460,9 +476,23 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         seed, cls = _seed_class(text, field)
         index = int(cls) if cls.isdigit() and cls not in g.classes else cls
         ends.append((seed, index))
-    x = g.interpolate(ends[0], ends[1], steps=args.steps, method=args.method)
+    if args.grid:
+        strips = [
+            g.interpolate(ends[0], ends[1], steps=args.steps, method=m, vary=v)
+            for _, m, v in GRID_ROWS
+        ]
+        ctrlgan.save_grid(np.concatenate(strips), out, nrow=args.steps, scale=args.scale)
+        rows = "; ".join(label for label, _, _ in GRID_ROWS)
+        print(
+            f"wrote {out} ({len(GRID_ROWS)} rows x {args.steps} steps, {args.start} -> "
+            f"{args.end}; rows: {rows})"
+        )
+        return 0
+    method, vary = method or "slerp", vary or "both"
+    x = g.interpolate(ends[0], ends[1], steps=args.steps, method=method, vary=vary)
     ctrlgan.save_grid(x, out, nrow=args.steps, scale=args.scale)
-    print(f"wrote {out} ({args.steps} steps, {args.method}, {args.start} -> {args.end})")
+    how = "class mix, z fixed" if vary == "class" else f"{method}, vary {vary}"
+    print(f"wrote {out} ({args.steps} steps, {how}, {args.start} -> {args.end})")
     return 0
 
 
@@ -854,16 +884,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "interpolate",
-        help="write a strip interpolating between two (seed, class) points",
-        description="Interpolate the noise (slerp or lerp) and the class embedding (linearly) "
-        "from one (seed, class) point to another and write the strip as a PNG.",
+        help="write a strip (or a grid of modes) interpolating between two (seed, class) points",
+        description="Interpolate from one (seed, class) point to another and write the strip as "
+        "a PNG: the noise (slerp or lerp), the class embedding (a linear soft one-hot mix), or "
+        "both at once. --grid writes one row per mode: lerp z (class fixed), slerp z (class "
+        "fixed), class mix (z fixed), slerp z + class mix.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _model_argument(p)
-    p.add_argument("--from", dest="start", default="5:3", metavar="SEED:CLASS", help="start")
-    p.add_argument("--to", dest="end", default="9:7", metavar="SEED:CLASS", help="end")
-    p.add_argument("--steps", type=int, default=8, help="images in the strip")
-    p.add_argument("--method", default="slerp", help="noise interpolation: slerp or lerp")
+    p.add_argument(
+        "--from", dest="start", default="5:3", metavar="SEED:CLASS", help="start: seed and class"
+    )
+    p.add_argument(
+        "--to", dest="end", default="9:7", metavar="SEED:CLASS", help="end: seed and class"
+    )
+    p.add_argument("--steps", type=int, default=8, help="images per strip (>= 2)")
+    # SUPPRESS: cmd_interpolate tells "not given" from the default, which --grid needs
+    p.add_argument(
+        "--method",
+        default=argparse.SUPPRESS,
+        help="noise interpolation: slerp or lerp (default: slerp; not with --grid)",
+    )
+    p.add_argument(
+        "--vary",
+        default=argparse.SUPPRESS,
+        help="what moves: both (noise and class), noise (class stays the start's) or class "
+        "(noise stays the start's) (default: both; not with --grid)",
+    )
+    p.add_argument(
+        "--grid",
+        action="store_true",
+        help="write 4 rows, one per mode: lerp z, slerp z, class mix, slerp z + class mix",
+    )
     p.add_argument("--scale", type=int, default=4, help="enlarge pixels by this factor")
     p.add_argument("--backend", default="auto", help="runtime backend")
     p.add_argument("-o", "--output", default="interpolation.png", help="PNG file to write")

@@ -1,11 +1,14 @@
 import json
 from dataclasses import fields
 
+import numpy as np
 import pytest
 from PIL import Image
 
+import ctrlgan
 from ctrlgan.artifact import GENERATOR_WEIGHTS
 from ctrlgan.cli import build_parser, main
+from ctrlgan.images import make_grid
 from ctrlgan.training.train import TrainConfig
 
 
@@ -109,6 +112,10 @@ def test_train_help_documents_every_option(capsys):
         (["interpolate", "{model}", "--to", "3:eleven"], ["end", "eleven"]),
         (["interpolate", "{model}", "--steps", "1"], ["steps"]),
         (["interpolate", "{model}", "--method", "cubic"], ["method"]),
+        (["interpolate", "{model}", "--vary", "z"], ["vary", "both, noise, class"]),
+        (["interpolate", "{model}", "--grid", "--method", "lerp"], ["grid", "--method"]),
+        (["interpolate", "{model}", "--grid", "--vary", "noise"], ["grid", "--vary"]),
+        (["interpolate", "{model}", "--grid", "--steps", "1"], ["steps"]),
         (["interpolate", "{model}", "-o", "{tmp}/x.jpg"], ["output"]),
         (["train", "--loss", "hinge"], ["--loss"]),
         (["train", "--data", "shapes", "--correlate", "scale:pos_y"], ["correlate"]),
@@ -139,6 +146,38 @@ def test_interpolate_writes_a_strip(tmp_path, capsys, tiny_model):
     code, stdout, _ = run(capsys, *argv, "--steps", "5", "--scale", "2", "-o", str(out))
     assert code == 0 and "5 steps" in stdout
     assert Image.open(out).size == (2 * (5 * (16 + 2) + 2), 2 * (16 + 2 + 2))
+
+
+@pytest.mark.parametrize("vary", ["noise", "class"])
+def test_interpolate_vary_writes_that_strip(tmp_path, capsys, vary):
+    out = tmp_path / "strip.png"
+    argv = ["interpolate", "digits", "--backend", "onnxruntime", "--vary", vary, "--steps", "3"]
+    code, stdout, err = run(capsys, *argv, "--scale", "1", "-o", str(out))
+    assert code == 0, err
+    assert "3 steps" in stdout and str(out) in stdout
+    g = ctrlgan.load("digits", backend="onnxruntime")
+    want = make_grid(g.interpolate((5, 3), (9, 7), steps=3, vary=vary), nrow=3)
+    assert np.array_equal(np.asarray(Image.open(out)), want)
+
+
+@pytest.mark.parametrize("steps", [3, 8])
+def test_interpolate_grid_is_one_row_per_mode(tmp_path, capsys, steps):
+    out = tmp_path / "grid.png"
+    argv = ["interpolate", "digits", "--backend", "onnxruntime", "--grid"]
+    argv += ["--from", "5:3", "--to", "9:7", "--steps", str(steps), "--scale", "2"]
+    code, stdout, err = run(capsys, *argv, "-o", str(out))
+    assert code == 0, err
+    image = np.asarray(Image.open(out))
+    assert image.shape == (2 * (4 * (16 + 2) + 2), 2 * (steps * (16 + 2) + 2))  # 4 rows x steps
+    # rows in order: lerp z, slerp z (class 3 fixed), class mix (seed 5 fixed), slerp z + mix
+    g = ctrlgan.load("digits", backend="onnxruntime")
+    modes = [("lerp", "noise"), ("slerp", "noise"), ("slerp", "class"), ("slerp", "both")]
+    rows = [g.interpolate((5, 3), (9, 7), steps, method=m, vary=v) for m, v in modes]
+    assert np.array_equal(image[::2, ::2], make_grid(np.concatenate(rows), nrow=steps))
+    assert f"4 rows x {steps} steps" in stdout and str(out) in stdout
+    labels = ["lerp z (class fixed)", "slerp z (class fixed)", "class mix (z fixed)"]
+    positions = [stdout.index(label) for label in [*labels, "slerp z + class mix"]]
+    assert positions == sorted(positions)
 
 
 def test_output_that_is_a_directory_is_refused(tmp_path, capsys, tiny_model):

@@ -26,6 +26,7 @@ from ctrlgan.runtime.request import Rows
 BACKENDS = ("auto", *backends.NAMES)
 OUTPUTS = ("float32", "uint8", "torch", "pil")
 METHODS = ("lerp", "slerp")
+VARIES = ("both", "noise", "class")
 DEFAULT_MAX_BATCH = 65536
 
 
@@ -127,14 +128,21 @@ class Generator:
         steps: int = 8,
         *,
         method: str = "slerp",
+        vary: str = "both",
         truncation: float | None = None,
         output: str = "float32",
     ):
-        """A strip of ``steps`` images from ``start`` to ``end``, each a (seed, class) pair:
-        the noise moves by lerp or slerp while the class embedding moves linearly."""
+        """A strip of ``steps`` images from ``start`` to ``end``, each a (seed, class) pair.
+
+        vary: "both" moves the noise by lerp or slerp (``method``) while the class embedding
+        moves linearly, (1 - t) e(class_a) + t e(class_b); "noise" moves only the noise and
+        keeps the start's class; "class" keeps the start's noise and moves only the class mix.
+        """
         check_output(output)
         if method not in METHODS:
             raise InvalidRequest("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
+        if not isinstance(vary, str) or vary not in VARIES:
+            raise InvalidRequest("vary", f"must be one of {', '.join(VARIES)}, got {vary!r}")
         if (
             not isinstance(steps, int)
             or isinstance(steps, bool)
@@ -145,15 +153,19 @@ class Generator:
             _endpoint(p, name, self.classes) for p, name in ((start, "start"), (end, "end"))
         )
         t = np.linspace(0.0, 1.0, steps, dtype=np.float32)
+        if vary == "noise":
+            class_b = class_a
+        # "class" keeps seed A's noise: plain rows without interpolation (t = 0 throughout)
+        noise_moves = vary != "class"
         rows = Rows(
             seeds=np.full(steps, seed_a, np.uint64),
             class_a=np.full(steps, class_a, np.int64),
             class_b=np.full(steps, class_b, np.int64),
-            s=t.copy(),
+            s=np.zeros(steps, np.float32) if vary == "noise" else t.copy(),
             alpha=np.zeros((steps, len(self.features)), np.float32),
             truncation=request.parse_truncation(truncation),
-            seeds_b=np.full(steps, seed_b, np.uint64),
-            t=t,
+            seeds_b=np.full(steps, seed_b, np.uint64) if noise_moves else None,
+            t=t if noise_moves else None,
             method=method,
         )
         return convert(self.run(rows), output)

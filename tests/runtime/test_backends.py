@@ -88,21 +88,75 @@ def test_backends_agree_and_match_the_definition(gens, model):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("method", ["lerp", "slerp"])
-def test_interpolate(gens, model, backend, method):
+@pytest.mark.parametrize("steps", [3, 6])
+def test_interpolate(gens, model, backend, method, steps):
     g = gens[backend]
-    strip = g.interpolate((5, 3), (9, 7), steps=6, method=method)
-    assert strip.shape == (6, 1, 16, 16)
+    strip = g.interpolate((5, 3), (9, 7), steps=steps, method=method)
+    assert strip.shape == (steps, 1, 16, 16)
+    assert np.array_equal(strip, g.interpolate((5, 3), (9, 7), steps, method=method, vary="both"))
     assert np.array_equal(strip[0], g.sample(classes=3, seeds=[5])[0])
     np.testing.assert_allclose(strip[-1], g.sample(classes=7, seeds=[9])[0], atol=1e-6)
     # every step: noise interpolated by the method, classes mixed linearly (s = t)
     net = Artifact.open(model).build_generator()
     za, zb = (torch.from_numpy(ctrlgan.noise([s], 12)) for s in (5, 9))
-    t = torch.linspace(0, 1, 6)
+    t = torch.linspace(0, 1, steps)
     fn = ref.slerp if method == "slerp" else ref.lerp
-    z = fn(za.expand(6, -1), zb.expand(6, -1), t)
+    z = fn(za.expand(steps, -1), zb.expand(steps, -1), t)
     with torch.no_grad():
-        y = net.embed(torch.full((6,), 3), torch.full((6,), 7), t)
+        y = net.embed(torch.full((steps,), 3), torch.full((steps,), 7), t)
         want = net.body(torch.cat([z, y], dim=1)).numpy()
+    assert np.abs(strip - want).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return {b: ctrlgan.load("digits", backend=b) for b in CPU_BACKENDS}
+
+
+def _digits_reference(z, class_a, class_b, s):
+    """The bundled model's torch module fed noise rows z and the class mix (1 - s) e(a) + s e(b)."""
+    net = Artifact.open("digits").build_generator()
+    n = len(z)
+    with torch.no_grad():
+        y = net.embed(torch.full((n,), class_a), torch.full((n,), class_b), s)
+        return net.body(torch.cat([z, y], dim=1)).numpy()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("method", ["lerp", "slerp"])
+@pytest.mark.parametrize("steps", [3, 7])
+def test_interpolate_noise_only_keeps_the_start_class(digits, backend, method, steps):
+    g = digits[backend]
+    strip = g.interpolate((5, 3), (9, 7), steps, method=method, vary="noise")
+    assert strip.shape == (steps, *g.image_shape)
+    assert np.array_equal(strip[0], g.sample(classes=3, seeds=[5])[0])  # t = 0: seed A, class A
+    np.testing.assert_allclose(strip[-1], g.sample(classes=3, seeds=[9])[0], atol=1e-5)
+    za, zb = (torch.from_numpy(ctrlgan.noise([s], g.z_dim)).expand(steps, -1) for s in (5, 9))
+    t = torch.linspace(0, 1, steps)
+    z = (ref.slerp if method == "slerp" else ref.lerp)(za, zb, t)
+    want = _digits_reference(z, 3, 3, torch.zeros(steps))
+    assert np.abs(strip - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("steps", [3, 7])
+def test_interpolate_class_only_keeps_the_start_noise(digits, backend, steps):
+    g = digits[backend]
+    strip = g.interpolate((5, 3), (9, 7), steps, vary="class")
+    assert strip.shape == (steps, *g.image_shape)
+    assert np.array_equal(strip[0], g.sample(classes=3, seeds=[5])[0])
+    np.testing.assert_allclose(strip[-1], g.sample(classes=7, seeds=[5])[0], atol=1e-5)
+    # every step is seed A with the soft one-hot mix s = i / (steps - 1); the method is moot
+    s = np.linspace(0, 1, steps, dtype=np.float32)
+    mixes = [(3, 7, float(v)) for v in s]
+    assert np.array_equal(strip, g.sample(classes=mixes, seeds=[5] * steps))
+    assert np.array_equal(strip, g.interpolate((5, 3), (9, 7), steps, method="lerp", vary="class"))
+    # the middle row is the module fed seed A's noise and the 0.5 / 0.5 mix
+    z = torch.from_numpy(ctrlgan.noise([5], g.z_dim))
+    middle = _digits_reference(z, 3, 7, torch.tensor([0.5]))
+    assert s[steps // 2] == 0.5
+    assert np.abs(strip[steps // 2] - middle[0]).max() <= 1e-5
+    want = _digits_reference(z.expand(steps, -1), 3, 7, torch.from_numpy(s))
     assert np.abs(strip - want).max() <= 1e-5
 
 
@@ -125,6 +179,8 @@ def test_traverse_moves_along_the_direction(gens):
         (lambda g: g.traverse(seed=1, cls=0, feature="up", alphas=[]), "alphas"),
         (lambda g: g.interpolate((1, 2), (3, 4), steps=1), "steps"),
         (lambda g: g.interpolate((1, 2), (3, 4), method="cubic"), "method"),
+        (lambda g: g.interpolate((1, 2), (3, 4), vary="sideways"), "vary"),
+        (lambda g: g.interpolate((1, 2), (3, 4), vary=None), "vary"),
         (lambda g: g.interpolate((1, 2), 3), "end"),
         (lambda g: g.interpolate((1, 12), (3, 4)), "start"),
         (lambda g: g.sample(classes=1, seeds=[1], output="bmp"), "output"),
