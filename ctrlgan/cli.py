@@ -8,6 +8,7 @@ checkpoint and exits with 130.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shlex
 import sys
@@ -241,17 +242,21 @@ def cmd_directions(args: argparse.Namespace) -> int:
     import time
 
     from ctrlgan.artifact import Artifact
-    from ctrlgan.training import directions, features
+    from ctrlgan.training import directions, feature_net
 
     start = time.perf_counter()
     artifact = Artifact.open(args.model)
+    fset = feature_net.feature_set(artifact)
     if args.report:
-        return _directions_report(args, artifact)
-    if args.heatmap is not None or args.data is not None:
-        raise InvalidRequest("report", "--heatmap and --data belong to --report")
-    names = features.check_names(args.features or "thickness,slant,size")
+        return _directions_report(args, artifact, fset)
+    given = [flag for flag, value in (("--heatmap", args.heatmap), ("--data", args.data)) if value]
+    if given:
+        raise InvalidRequest("report", f"{' and '.join(given)} belong to --report")
+    method = args.method or "boundary"
+    names = fset.check(args.features or ",".join(fset.defaults))
+    held = _name_list(args.hold, "hold") if args.hold is not None else []
     if args.samples is None:
-        args.samples = 512 if args.method == "gradient" else 5000
+        args.samples = 512 if method == "gradient" else 5000
     if args.samples < 20:
         raise InvalidRequest("samples", f"must be >= 20, got {args.samples}")
     z_dim = artifact.manifest.z_dim
@@ -259,16 +264,27 @@ def cmd_directions(args: argparse.Namespace) -> int:
         raise InvalidRequest("k", f"must lie in 1..{z_dim} (the model's z_dim), got {args.k}")
     if args.seed < 0:
         raise InvalidRequest("seed", f"must be >= 0, got {args.seed}")
-    if args.per_class and args.method != "gradient":
+    if args.per_class and method != "gradient":
         raise InvalidRequest("per-class", "per-class tables come from --method gradient only")
+    for value, field in ((args.step_size, "step-size"), (args.lam, "lambda")):
+        if not math.isfinite(value):
+            raise InvalidRequest(field, f"must be finite, got {value!r}")
+    if method != "closed-form":
+        missing = [h for h in held if h not in names]
+        if missing:
+            raise InvalidRequest(
+                "hold", f"{', '.join(missing)}: hold only features that are also in --features"
+            )
     generator = artifact.build_generator()
-    measure = features.feature_fn(names)
-    if args.method == "boundary":
+    measure = fset.fn(names)
+    if method == "boundary":
         found = directions.boundary_directions(generator, measure, n=args.samples, seed=args.seed)
-    elif args.method == "gradient":
+    elif method == "gradient":
+        # every non-circular feature goes in; the others than the target are held fixed
+        steady = [n for n in fset.names if n not in fset.circular or n in names]
         found = directions.gradient_directions(
             generator,
-            directions.differentiable_features(),  # every feature: the others are held fixed
+            fset.fn(steady, keep_grad=True),
             names,
             n=args.samples,
             steps=args.grad_steps,
@@ -279,8 +295,15 @@ def cmd_directions(args: argparse.Namespace) -> int:
         )
     else:
         found = directions.closed_form_directions(generator, args.k)
+    n_effect = min(args.samples, 1000)
+    before = None
+    if held:
+        _, before = directions.effect_matrix(
+            generator, found.table, measure, n=n_effect, seed=args.seed + 1
+        )
+        found = directions.hold_fixed(found, held)
     columns, effect = directions.effect_matrix(
-        generator, found.table, measure, n=min(args.samples, 1000), seed=args.seed + 1
+        generator, found.table, measure, n=n_effect, seed=args.seed + 1
     )
     monotonic = directions.monotonic_share(
         generator, found.names, found.table, measure, n=200, seed=args.seed + 2
@@ -290,11 +313,15 @@ def cmd_directions(args: argparse.Namespace) -> int:
         "command": shlex.join(["ctrlgan", *args.argv]),
         "samples": args.samples,
         "seed": args.seed,
+        "feature_source": fset.source,
         "features": list(columns),
         "effect": [[round(float(v), 6) for v in row] for row in effect],
         "validation_accuracy": found.accuracy,
         "monotonic_share": monotonic,
     }
+    if held:
+        info["held"] = held
+        info["effect_before_hold"] = [[round(float(v), 6) for v in row] for row in before]
     if found.eigenvalues:
         info["eigenvalues"] = [round(v, 6) for v in found.eigenvalues]
     if found.method == "gradient":
@@ -308,16 +335,12 @@ def cmd_directions(args: argparse.Namespace) -> int:
         artifact.path, found.names, found.table, info=info, effects=effect
     )
     seconds = time.perf_counter() - start
-    header = f"{'direction':<12}{'val acc':>9}{'monotonic':>11}"
-    print(header + "".join(f"{'d ' + c:>13}" for c in columns))
-    for k, name in enumerate(found.names):
-        acc = found.accuracy.get(name)
-        mono = monotonic.get(name)
-        print(
-            f"{name:<12}{'-' if acc is None else f'{acc:.3f}':>9}"
-            f"{'-' if mono is None else f'{mono:.1%}':>11}"
-            + "".join(f"{float(v):>13.4f}" for v in effect[k])
-        )
+    print(f"features: {fset.source}")
+    if held:
+        print(f"before holding {', '.join(held)} fixed:")
+        _print_effects(found.names, columns, before)
+        print(f"after (conditional manipulation: projected off {', '.join(held)}):")
+    _print_effects(found.names, columns, effect, found.accuracy, monotonic)
     print(
         "d FEATURE: mean change per unit step (alpha +1); monotonic: share of 200 samples whose "
         "feature rises over alpha -3..3"
@@ -328,15 +351,44 @@ def cmd_directions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _directions_report(args: argparse.Namespace, artifact) -> int:
+def _name_list(text: str, field: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise InvalidRequest(field, f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _print_effects(names, columns, effect, accuracy=None, monotonic=None) -> None:
+    accuracy, monotonic = accuracy or {}, monotonic or {}
+    header = f"{'direction':<12}{'val acc':>9}{'monotonic':>11}"
+    print(header + "".join(f"{'d ' + c:>13}" for c in columns))
+    for k, name in enumerate(names):
+        acc, mono = accuracy.get(name), monotonic.get(name)
+        print(
+            f"{name:<12}{'-' if acc is None else f'{acc:.3f}':>9}"
+            f"{'-' if mono is None else f'{mono:.1%}':>11}"
+            + "".join(f"{float(v):>13.4f}" for v in effect[k])
+        )
+
+
+def _directions_report(args: argparse.Namespace, artifact, fset) -> int:
     """--report: the effect matrix of the model's table and the data's feature correlations;
     read-only (the artifact is not touched)."""
     import torch
 
-    from ctrlgan.training import directions, features
-    from ctrlgan.training.data import load_dataset
+    from ctrlgan.training import directions, feature_net
 
-    names = features.check_names(args.features or ",".join(features.FEATURES))
+    ignored = [
+        flag
+        for flag, value in (("--method", args.method), ("--hold", args.hold))
+        if value is not None
+    ] + (["--per-class"] if args.per_class else [])
+    if ignored:
+        raise InvalidRequest(
+            "report",
+            f"{', '.join(ignored)}: options for finding directions; --report only measures",
+        )
+    names = fset.check(args.features or ",".join(fset.names))
     samples = 1000 if args.samples is None else args.samples
     if samples < 20:
         raise InvalidRequest("samples", f"must be >= 20, got {samples}")
@@ -352,33 +404,34 @@ def _directions_report(args: argparse.Namespace, artifact) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise InvalidRequest("heatmap", "needs matplotlib: pip install matplotlib") from None
-    provenance = artifact.manifest.provenance.get("dataset")
-    spec = args.data if args.data is not None else ("digits" if provenance == "digits" else None)
-    dataset = None
-    if spec is not None:
-        _, h, _ = artifact.manifest.image_shape
-        dataset = load_dataset(spec, size=h, n=5000)
+    dataset = _report_data(artifact, args.data)
     dir_names, table = directions.load_table(artifact)
     generator = artifact.build_generator()
-    measure = features.feature_fn(names)
+    measure = fset.fn(names)
     columns, effect = directions.effect_matrix(
         generator, table, measure, n=samples, seed=args.seed + 1
     )
     kind = "per-class table, averaged over classes" if table.ndim == 3 else "global table"
+    print(f"features: {fset.source}")
     print(f"effect matrix: mean feature change per unit step ({kind}, {samples} samples)")
-    print(f"{'direction':<12}" + "".join(f"{c:>11}" for c in columns))
+    print(f"{'direction':<12}" + "".join(f"{c:>13}" for c in columns))
     for k, name in enumerate(dir_names):
-        print(f"{name:<12}" + "".join(f"{float(v):>11.4f}" for v in effect[k]))
+        print(f"{name:<12}" + "".join(f"{float(v):>13.4f}" for v in effect[k]))
     correlation = scale = None
     if dataset is None:
         print("feature correlation: skipped (give --data, e.g. --data digits)")
+    elif dataset.factors is not None and fset.names == feature_net.NAMES:
+        # shapes with their ground truth: correlate the true factors, not a reading of them
+        true = dict(zip(dataset.factor_names, dataset.factors.T.double(), strict=True))
+        values = torch.stack([true[c] for c in columns])
+        correlation, scale = torch.corrcoef(values).float(), values.std(dim=1).float()
+        print(f"true factor correlation on {dataset.name} ({len(dataset)} images)")
+        _print_correlation(columns, correlation)
     else:
         _, correlation = directions.feature_correlation(dataset.images, measure)
         scale = torch.stack([v.std() for v in measure(dataset.images).values()])
         print(f"feature correlation on {dataset.name} ({len(dataset)} images)")
-        print(f"{'feature':<12}" + "".join(f"{c:>11}" for c in columns))
-        for a, name in enumerate(columns):
-            print(f"{name:<12}" + "".join(f"{float(v):>11.3f}" for v in correlation[a]))
+        _print_correlation(columns, correlation)
     if heatmap is not None:
         method = artifact.manifest.provenance.get("directions", {}).get("method", "?")
         directions.write_heatmap(
@@ -392,6 +445,32 @@ def _directions_report(args: argparse.Namespace, artifact) -> int:
         )
         print(f"wrote {heatmap}")
     return 0
+
+
+def _print_correlation(columns, correlation) -> None:
+    print(f"{'feature':<12}" + "".join(f"{c:>13}" for c in columns))
+    for a, name in enumerate(columns):
+        print(f"{name:<12}" + "".join(f"{float(v):>13.3f}" for v in correlation[a]))
+
+
+def _report_data(artifact, spec):
+    """The data set the report correlates features over: --data, else the model's own when it
+    can be rebuilt offline (digits; shapes from the provenance's seed and correlations)."""
+    from ctrlgan.training.data import load_dataset
+
+    _, h, _ = artifact.manifest.image_shape
+    if spec is not None:
+        return load_dataset(spec, size=h, n=5000)
+    provenance = artifact.manifest.provenance
+    config = provenance.get("config", {})
+    if provenance.get("dataset") == "digits":
+        return load_dataset("digits", size=h)
+    if provenance.get("dataset") == "shapes":
+        correlate = [tuple(c) for c in config.get("correlate", [])]
+        return load_dataset(
+            "shapes", size=h, n=5000, seed=config.get("seed", 0), correlate=correlate
+        )
+    return None
 
 
 def _alphas(text: str) -> list[float]:
@@ -545,6 +624,13 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _factor_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated factor names, got {text!r}")
+    return names
+
+
 def _batches(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
@@ -683,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument(
         "--supervised-codes",
-        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        type=_factor_list,
         default=[],
         metavar="F1,F2",
         help="shapes only: z dims 0..m-1 carry these true factors (scale, pos_x, pos_y), "
@@ -691,6 +777,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = t.add_argument_group("run")
     run.add_argument("--out", default=d.out, help="run directory")
+    run.add_argument(
+        "--feature-steps",
+        type=int,
+        default=d.feature_steps,
+        help="shapes only: steps fitting the feature network that the artifact ships (it reads "
+        "the true factors off images for `ctrlgan directions`; 0: none)",
+    )
     run.add_argument(
         "--sample-every", type=int, default=d.sample_every, help="write a sample grid every N steps"
     )
@@ -815,14 +908,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--method",
         choices=["boundary", "closed-form", "gradient"],
-        default="boundary",
-        help="how to find them",
+        default=None,
+        help="how to find them (default: boundary)",
     )
     r.add_argument(
         "--features",
         default=None,
-        help="features to find or measure: thickness, slant, size, pos_x, pos_y "
-        "(default: thickness,slant,size; all five with --report)",
+        help="features to find or measure. Image moments: thickness, slant, size, pos_x, pos_y "
+        "(default thickness,slant,size); a shapes model that ships a feature network: its true "
+        "factors scale, orientation, pos_x, pos_y (default scale,pos_x,pos_y). --report: all",
+    )
+    r.add_argument(
+        "--hold",
+        default=None,
+        metavar="F1,F2",
+        help="conditional manipulation: project every other direction off these directions "
+        "(n' = n - C^T (C C^T)^-1 C n) so that moving along it keeps these features fixed; "
+        "prints the effect matrix before and after",
     )
     r.add_argument("--k", type=int, default=5, help="directions to keep (closed-form)")
     r.add_argument(

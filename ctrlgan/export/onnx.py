@@ -127,10 +127,12 @@ def random_inputs(artifact: Artifact, batch: int, rng: np.random.Generator) -> d
     }
 
 
-def torch_images(artifact: Artifact, feeds: dict) -> np.ndarray:
-    """What the torch model (unfolded, eval mode) makes of the same feeds."""
-    g = artifact.build_generator()
-    table = steering_table(artifact)
+def torch_images(artifact: Artifact, feeds: dict, model=None) -> tuple[np.ndarray, np.ndarray]:
+    """What the torch model (unfolded, eval mode) makes of the same feeds: (images, latents).
+    ``model``: a (generator, steering table) pair already built from ``artifact``."""
+    g, table = model if model is not None else (artifact.build_generator(), None)
+    if model is None:
+        table = steering_table(artifact)
     f = {k: torch.from_numpy(v) for k, v in feeds.items()}
     steer = {"alpha": f["alpha"], "directions": table} if table is not None else {}
     with torch.no_grad():
@@ -172,10 +174,11 @@ def check(
     )
     evaluator = ReferenceEvaluator(models[GENERATOR_ONNX])
     rng = np.random.default_rng(seed)
+    model = (artifact.build_generator(), steering_table(artifact))
     rows = []
     for batch in batches:
         feeds = random_inputs(artifact, batch, rng)
-        want, x = torch_images(artifact, feeds)
+        want, x = torch_images(artifact, feeds, model)
 
         outputs = [
             (name, "onnxruntime", sessions[name].run(["image"], feeds)[0])

@@ -45,7 +45,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -76,6 +76,7 @@ class Directions:
     table: torch.Tensor
     accuracy: dict[str, float] = field(default_factory=dict)  # boundary: validation accuracy
     eigenvalues: list[float] = field(default_factory=list)  # closed form
+    held: list[str] = field(default_factory=list)  # hold_fixed: the others are projected off
 
 
 # Sampling ------------------------------------------------------------------------------------
@@ -263,6 +264,36 @@ def project_off(direction, others) -> torch.Tensor:
     if norm <= 1e-8 * max(float(n.norm()), 1e-30):
         raise InvalidRequest("direction", "lies in the span of the others: nothing is left")
     return (projected / norm).float()
+
+
+def hold_fixed(found: Directions, held: Sequence[str]) -> Directions:
+    """Conditional manipulation of a whole table: every direction not named in ``held`` is
+    projected off the held ones (``project_off``; per class for a [C, K, Z] table), so that
+    moving along it leaves the held features (to first order) where they are. The held rows
+    themselves are unchanged; the result's ``held`` records the names."""
+    held = list(held)
+    unknown = [h for h in held if h not in found.names]
+    if unknown:
+        raise InvalidRequest(
+            "hold",
+            f"{', '.join(map(repr, unknown))} not among the directions found: "
+            f"{', '.join(found.names)}",
+        )
+    if len(set(held)) != len(held):
+        raise InvalidRequest("hold", f"names repeat: {', '.join(held)}")
+    if len(held) == len(found.names):
+        raise InvalidRequest("hold", "holds every direction: nothing is left to condition")
+    keep = [found.names.index(h) for h in held]
+    table = found.table.clone()
+    for k, name in enumerate(found.names):
+        if name in held:
+            continue
+        if table.ndim == 2:
+            table[k] = project_off(found.table[k], found.table[keep])
+        else:
+            for c in range(table.shape[0]):
+                table[c, k] = project_off(found.table[c, k], found.table[c][keep])
+    return replace(found, table=table, held=held)
 
 
 # Measurement ---------------------------------------------------------------------------------

@@ -106,10 +106,15 @@ def attach_q_head(D: nn.Module, codes: InfoCodes, image_size: int, channels: int
     stream up to that point stay those of a run without codes."""
     from ctrlgan.training.nets import init_weights
 
-    with torch.no_grad():
-        probe = D.features(
-            torch.zeros(1, channels, image_size, image_size), torch.zeros(1, dtype=torch.int64)
-        )
+    was_training = D.training
+    D.eval()  # the probe must not move D's BatchNorm running statistics
+    try:
+        with torch.no_grad():
+            probe = D.features(
+                torch.zeros(1, channels, image_size, image_size), torch.zeros(1, dtype=torch.int64)
+            )
+    finally:
+        D.train(was_training)
     head = QHead(probe[0].numel(), codes.n_outputs)
     init_weights(head)
     D.q_head = head

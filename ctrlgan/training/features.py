@@ -21,6 +21,8 @@ An image without ink (m = 0) has thickness 0 and the remaining features of a uni
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -32,18 +34,18 @@ FEATURES = ("thickness", "slant", "size", "pos_x", "pos_y")
 EPS = 1e-6
 
 
-def check_names(names, field: str = "features") -> tuple[str, ...]:
-    """Validate feature names (a sequence or a comma-separated string) against FEATURES."""
+def check_names(names, field: str = "features", known=FEATURES) -> tuple[str, ...]:
+    """Validate feature names (a sequence or a comma-separated string) against ``known``."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     names = tuple(names)
     if not names:
-        raise InvalidRequest(field, f"give one or more of {', '.join(FEATURES)}")
-    unknown = [n for n in names if n not in FEATURES]
+        raise InvalidRequest(field, f"give one or more of {', '.join(known)}")
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise InvalidRequest(
             field,
-            f"unknown feature(s) {', '.join(map(repr, unknown))}; known: {', '.join(FEATURES)}",
+            f"unknown feature(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}",
         )
     if len(set(names)) != len(names):
         raise InvalidRequest(field, f"names repeat: {', '.join(names)}")
@@ -86,3 +88,28 @@ def measure(images, names=FEATURES, keep_grad: bool = False) -> dict[str, torch.
 def feature_fn(names=FEATURES):
     """``measure`` bound to ``names``: the images -> {name: [B]} callable direction search takes."""
     return partial(measure, names=check_names(names))
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """The features a model's directions can change: their names, where they come from, and
+    ``measure(images, names, keep_grad) -> {name: float32 [B]}``. Image moments (this module)
+    for every model; a shapes model that ships a feature network measures the true factors
+    with it instead (``feature_net.feature_set``)."""
+
+    names: tuple[str, ...]
+    source: str
+    measure: Callable[..., dict[str, torch.Tensor]]
+    defaults: tuple[str, ...]  # what `ctrlgan directions` finds when no --features are given
+    circular: tuple[str, ...] = ()  # angles: they wrap, so they are not held fixed by value
+
+    def check(self, names, field: str = "features") -> tuple[str, ...]:
+        return check_names(names, field, self.names)
+
+    def fn(self, names=None, keep_grad: bool = False):
+        """``measure`` bound to ``names`` (default: all): images -> {name: [B]}."""
+        names = self.names if names is None else self.check(names)
+        return partial(self.measure, names=names, keep_grad=keep_grad)
+
+
+MOMENTS = FeatureSet(FEATURES, "image moments", measure, ("thickness", "slant", "size"))

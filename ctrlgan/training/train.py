@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -41,7 +42,7 @@ from ctrlgan.errors import CtrlganError, InvalidRequest
 from ctrlgan.images import save_grid
 from ctrlgan.kernels.reference import noise
 from ctrlgan.network import EMBEDDINGS, IMAGE_SIZES, ConditionalGenerator, GeneratorConfig
-from ctrlgan.training import losses, metrics
+from ctrlgan.training import feature_net, losses, metrics
 from ctrlgan.training.data import load_dataset
 from ctrlgan.training.disentangle import (
     SUPERVISED_FACTORS,
@@ -90,6 +91,7 @@ class TrainConfig:
     info_categories: int = 0  # InfoGAN: values of one categorical code in the next z dim (0: none)
     info_lambda: float = 1.0  # weight of reg_d (InfoGAN or supervised codes)
     supervised_codes: list = field(default_factory=list)  # shapes: factors in z dims 0..m-1
+    feature_steps: int = 4000  # shapes: steps fitting the feature network shipped (0: none)
     resume: bool = False
     command: str = ""  # provenance: the command line that started the run
 
@@ -99,6 +101,14 @@ class TrainConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InvalidRequest(name, f"must be an integer >= 1, got {getattr(self, name)!r}")
+        if (
+            isinstance(self.feature_steps, bool)
+            or not isinstance(self.feature_steps, int)
+            or (self.feature_steps < 0)
+        ):
+            raise InvalidRequest(
+                "feature_steps", f"must be an integer >= 0, got {self.feature_steps!r}"
+            )
         if self.eval_per_class < 0:
             raise InvalidRequest("eval_per_class", "must be >= 0 (0 skips evaluation)")
         if self.image_size is not None and self.image_size not in IMAGE_SIZES:
@@ -133,6 +143,7 @@ class TrainConfig:
         sup = self.supervised_codes
         if not isinstance(sup, (list, tuple)) or not all(isinstance(n, str) for n in sup):
             raise InvalidRequest("supervised_codes", f"must be a list of names, got {sup!r}")
+        self.supervised_codes = sup = list(sup)  # a tuple would not equal a checkpoint's list
         unknown = [n for n in sup if n not in SUPERVISED_FACTORS]
         if unknown or len(set(sup)) != len(sup):
             raise InvalidRequest(
@@ -158,7 +169,7 @@ class TrainConfig:
 
 # Options that may change when a run is resumed; all others must match the checkpoint.
 RESUMABLE = {"out", "steps", "sample_every", "checkpoint_every", "eval_per_class", "resume"}
-RESUMABLE |= {"command"}
+RESUMABLE |= {"command", "feature_steps"}
 
 
 class TrainingInterrupted(CtrlganError):
@@ -348,6 +359,18 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         result_metrics = metrics.evaluate(
             generate, images, labels, n_classes, config.eval_per_class
         )
+    tensors = {GENERATOR_WEIGHTS: G.state_dict()}
+    features_entry = {}
+    shapes = data.factors is not None and all(c in metrics.SHAPE_SYMMETRY for c in data.classes)
+    if shapes and config.feature_steps:
+        # Shapes: ship the frozen feature network that reads the true factors back off images.
+        if progress:
+            print("fitting the feature network on the real shapes", file=sys.stderr)
+        net, quality = feature_net.fit(
+            data.images, data.labels, data.factors, data.classes, steps=config.feature_steps
+        )
+        tensors[feature_net.FEATURE_NET] = net.state_dict()
+        features_entry = {"features": feature_net.describe(net, quality)}
     manifest = Manifest(
         z_dim=config.z_dim,
         classes=list(data.classes),
@@ -364,13 +387,14 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             "metrics": result_metrics,
             **({} if info is None else {"disentangle": _info_provenance(config, info)}),
             **({} if not sup else {"disentangle": _supervised_provenance(config)}),
+            **features_entry,
             "train_seconds": round(seconds, 1),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },
     )
-    artifact = write_artifact(out / "model", manifest, {GENERATOR_WEIGHTS: G.state_dict()})
+    artifact = write_artifact(out / "model", manifest, tensors)
     return TrainResult(artifact, step, result_metrics, seconds)
 
 

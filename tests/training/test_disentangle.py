@@ -22,6 +22,7 @@ from ctrlgan.training.nets import ConditionalGenerator, Discriminator, Generator
 from ctrlgan.training.train import TrainConfig, train
 
 FAST = dict(
+    feature_steps=0,  # shapes: no feature network (tests/training/test_feature_net.py)
     steps=3,
     batch_size=16,
     z_dim=10,

@@ -16,6 +16,7 @@ from ctrlgan.training import losses
 from ctrlgan.training.train import CHECKPOINT, TrainConfig, train
 
 FAST = dict(
+    feature_steps=0,  # shapes: no feature network (tests/training/test_feature_net.py)
     steps=6,
     batch_size=16,
     z_dim=10,

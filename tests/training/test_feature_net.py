@@ -1,0 +1,102 @@
+"""The learned feature network of shapes models (training/feature_net.py)."""
+
+import math
+
+import pytest
+import torch
+
+from ctrlgan.artifact import Artifact
+from ctrlgan.errors import InvalidRequest
+from ctrlgan.training import feature_net
+from ctrlgan.training.data import make_shapes
+from ctrlgan.training.features import MOMENTS
+from ctrlgan.training.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return make_shapes(3000, 16, seed=3, correlate=[("scale", "pos_y", 0.8)])
+
+
+@pytest.fixture(scope="module")
+def fitted(shapes):
+    torch.set_num_threads(2)
+    return feature_net.fit(
+        shapes.images, shapes.labels, shapes.factors, shapes.classes, steps=300, batch_size=128
+    )
+
+
+def test_fit_reads_the_true_factors_of_held_out_shapes(fitted, shapes):
+    net, quality = fitted
+    # quality is measured on the last tenth, which fit never trained on
+    assert quality["r2_pos_x"] > 0.9 and quality["r2_pos_y"] > 0.9
+    assert quality["r2_scale"] > 0.6
+    assert quality["class_accuracy"] > 0.4  # chance: 0.25
+    fresh = make_shapes(500, 16, seed=11)  # different seed: shapes fit never saw
+    again = feature_net.evaluate(net, fresh.images, fresh.labels, fresh.factors)
+    assert again["r2_pos_y"] > 0.9
+    values = net.features(fresh.images)
+    assert list(values) == list(feature_net.NAMES)
+    err = (values["pos_y"] - fresh.factors[:, 3]).abs().mean()
+    assert err < 0.03  # positions lie in [0.25, 0.75]
+    k = net.order[net(fresh.images)[0].argmax(1)]
+    assert (values["orientation"].abs() <= math.pi / k + 1e-6).all()
+
+
+def test_features_are_differentiable_in_the_images(fitted, shapes):
+    net, _ = fitted
+    x = shapes.images[:5].clone().requires_grad_(True)
+    values = net.features(x, ("scale", "pos_y"))
+    (g,) = torch.autograd.grad(values["scale"].sum() + values["pos_y"].sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_fit_refuses_data_without_factors(shapes):
+    with pytest.raises(InvalidRequest, match="factors"):
+        feature_net.fit(shapes.images, shapes.labels, None, shapes.classes)
+    with pytest.raises(InvalidRequest, match="classes"):
+        feature_net.ShapeFeatureNet(["0", "1"])
+    with pytest.raises(InvalidRequest, match="data"):
+        feature_net.fit(shapes.images[:8], shapes.labels[:8], shapes.factors[:8], shapes.classes)
+
+
+def test_training_on_shapes_ships_the_feature_network(tmp_path):
+    config = TrainConfig(
+        data="shapes",
+        n_data=1200,
+        image_size=16,
+        z_dim=8,
+        g_channels=8,
+        d_channels=8,
+        steps=2,
+        batch_size=8,
+        eval_per_class=0,
+        feature_steps=30,
+        out=str(tmp_path / "run"),
+    )
+    artifact = Artifact.open(train(config, progress=False).artifact.path)
+    assert feature_net.FEATURE_NET in artifact.manifest.files
+    entry = artifact.manifest.provenance["features"]
+    assert entry["names"] == list(feature_net.NAMES) and "r2_pos_y" in entry["held_out"]
+    fset = feature_net.feature_set(artifact)
+    assert fset.names == feature_net.NAMES
+    images = make_shapes(7, 16, seed=5).images  # batch 7: not a power of two
+    net = feature_net.load(artifact)
+    got = fset.measure(images, ("pos_x", "scale"))
+    want = net.features(images, ("pos_x", "scale"))
+    for name in ("pos_x", "scale"):
+        assert torch.equal(got[name], want[name]) and not got[name].requires_grad
+    with pytest.raises(InvalidRequest, match="images"):
+        fset.measure(torch.rand(3, 1, 32, 32) * 2 - 1)  # the network reads 16x16
+    with pytest.raises(InvalidRequest, match="thickness"):
+        fset.fn("thickness")  # a digits feature: not measured by this network
+    # without the network (feature_steps 0) the model falls back to image moments
+    config.out, config.feature_steps = str(tmp_path / "plain"), 0
+    plain = Artifact.open(train(config, progress=False).artifact.path)
+    assert feature_net.FEATURE_NET not in plain.manifest.files
+    assert feature_net.feature_set(plain) is MOMENTS
+
+
+def test_feature_steps_is_validated(tmp_path):
+    with pytest.raises(InvalidRequest, match="feature_steps"):
+        train(TrainConfig(feature_steps=-1, out=str(tmp_path / "x")), progress=False)
