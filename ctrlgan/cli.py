@@ -306,14 +306,8 @@ def cmd_directions(args: argparse.Namespace) -> int:
         generator, found.table, measure, n=n_effect, seed=args.seed + 1
     )
     monotonic = directions.monotonic_share(
-        generator, found.names, found.table, measure, n=200, seed=args.seed + 2,
-        tolerance=fset.error,
-    )  # fmt: skip
-    strict = None
-    if fset.error:  # a learned reader: also the share without its measurement error
-        strict = directions.monotonic_share(
-            generator, found.names, found.table, measure, n=200, seed=args.seed + 2
-        )
+        generator, found.names, found.table, measure, n=200, seed=args.seed + 2
+    )
     info = {
         "method": found.method,
         "command": shlex.join(["ctrlgan", *args.argv]),
@@ -325,9 +319,6 @@ def cmd_directions(args: argparse.Namespace) -> int:
         "validation_accuracy": found.accuracy,
         "monotonic_share": monotonic,
     }
-    if strict is not None:
-        info["monotonic_share_strict"] = strict
-        info["monotonic_tolerance"] = dict(fset.error)
     if held:
         info["held"] = held
         info["effect_before_hold"] = [[round(float(v), 6) for v in row] for row in before]
@@ -349,16 +340,10 @@ def cmd_directions(args: argparse.Namespace) -> int:
         print(f"before holding {', '.join(held)} fixed:")
         _print_effects(found.names, columns, before)
         print(f"after (conditional manipulation: projected off {', '.join(held)}):")
-    _print_effects(found.names, columns, effect, found.accuracy, monotonic, strict)
+    _print_effects(found.names, columns, effect, found.accuracy, monotonic)
     print(
         "d FEATURE: mean change per unit step (alpha +1); monotonic: share of 200 samples whose "
         "feature rises over alpha -3..3"
-        + (
-            ", no step falling by more than the reader's held-out RMSE "
-            f"({', '.join(f'{k} {v:.4f}' for k, v in fset.error.items())}); strict: no fall"
-            if strict is not None
-            else ""
-        )
     )
     print(
         f"wrote {len(found.names)} {found.method} direction(s) to {written.path} ({seconds:.1f} s)"
@@ -373,17 +358,15 @@ def _name_list(text: str, field: str) -> list[str]:
     return names
 
 
-def _print_effects(names, columns, effect, accuracy=None, monotonic=None, strict=None) -> None:
+def _print_effects(names, columns, effect, accuracy=None, monotonic=None) -> None:
     accuracy, monotonic = accuracy or {}, monotonic or {}
-    share = lambda v: "-" if v is None else f"{v:.1%}"
     header = f"{'direction':<12}{'val acc':>9}{'monotonic':>11}"
-    header += f"{'strict':>9}" if strict is not None else ""
     print(header + "".join(f"{'d ' + c:>13}" for c in columns))
     for k, name in enumerate(names):
-        acc = accuracy.get(name)
+        acc, mono = accuracy.get(name), monotonic.get(name)
         print(
-            f"{name:<12}{'-' if acc is None else f'{acc:.3f}':>9}{share(monotonic.get(name)):>11}"
-            + (f"{share(strict.get(name)):>9}" if strict is not None else "")
+            f"{name:<12}{'-' if acc is None else f'{acc:.3f}':>9}"
+            f"{'-' if mono is None else f'{mono:.1%}':>11}"
             + "".join(f"{float(v):>13.4f}" for v in effect[k])
         )
 

@@ -44,7 +44,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -336,12 +336,9 @@ def monotonic_share(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     n: int = 200,
     seed: int = 2,
-    tolerance: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Per direction whose name is a feature of ``feature_fn``: the share of n samples whose
-    feature never falls and rises overall as alpha goes through ``alphas`` (ascending).
-    ``tolerance`` {name: t}: a step counts as falling only when it drops by more than t (the
-    feature reader's measurement error; default 0, strict)."""
+    feature never falls and rises overall as alpha goes through ``alphas`` (ascending)."""
     alphas = sorted(float(a) for a in alphas)
     z, labels = sample_latents(generator, _check_int(n, "samples", 1), seed)
     shares = {}
@@ -356,8 +353,7 @@ def monotonic_share(
         else:
             v = torch.stack(series, dim=1)  # [n, len(alphas)]
             steps = v.diff(dim=1)
-            t = float((tolerance or {}).get(name, 0.0))
-            ok = (steps >= -t).all(dim=1) & (v[:, -1] > v[:, 0])
+            ok = (steps >= 0).all(dim=1) & (v[:, -1] > v[:, 0])
             shares[name] = float(ok.float().mean())
     return shares
 

@@ -12,8 +12,7 @@ by the training set's mean and spread, and (cos phi, sin phi) of the *effective*
 phi = k theta, k the class's rotational symmetry order (an image fixes theta only modulo
 2 pi / k). Features (float32 [B] each, differentiable in the images):
 
-    scale, pos_x, pos_y   the regressions, in the data's units; their held-out RMSE is the
-                          reader's measurement error (FeatureSet.error)
+    scale, pos_x, pos_y   the regressions, in the data's units
     orientation           atan2(sin phi, cos phi) / k in (-pi/k, pi/k], k of the predicted class
                           (circular: a direction for it wraps around)
 
@@ -144,7 +143,6 @@ def evaluate(net: ShapeFeatureNet, images, labels, factors) -> dict:
         true = factors[:, i].double()
         resid = ((read[name].double() - true) ** 2).sum()
         quality[f"r2_{name}"] = round(float(1 - resid / ((true - true.mean()) ** 2).sum()), 4)
-        quality[f"rmse_{name}"] = round(float((resid / len(true)).sqrt()), 5)
     phi_true = net.order[labels] * factors[:, 1]
     phi_read = torch.atan2(out[:, 4], out[:, 3])
     quality["orientation_circular_corr"] = round(float(torch.cos(phi_read - phi_true).mean()), 4)
@@ -196,13 +194,6 @@ def feature_set(artifact) -> FeatureSet:
             values = net.features(x if keep_grad else x.detach(), names)
         return {n: v if keep_grad else v.detach() for n, v in values.items()}
 
-    held_out = artifact.manifest.provenance["features"].get("held_out", {})
-    error = {n: float(held_out[f"rmse_{n}"]) for n in LINEAR if f"rmse_{n}" in held_out}
     return FeatureSet(
-        NAMES,
-        "feature network (shapes' true factors)",
-        measure,
-        LINEAR,
-        circular=("orientation",),
-        error=error,
+        NAMES, "feature network (shapes' true factors)", measure, LINEAR, ("orientation",)
     )

@@ -22,7 +22,7 @@ An image without ink (m = 0) has thickness 0 and the remaining features of a uni
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -102,8 +102,6 @@ class FeatureSet:
     measure: Callable[..., dict[str, torch.Tensor]]
     defaults: tuple[str, ...]  # what `ctrlgan directions` finds when no --features are given
     circular: tuple[str, ...] = ()  # angles: they wrap, so they are not held fixed by value
-    # measurement error per feature (a learned reader's held-out RMSE); exact measures: none
-    error: dict[str, float] = field(default_factory=dict)
 
     def check(self, names, field: str = "features") -> tuple[str, ...]:
         return check_names(names, field, self.names)
