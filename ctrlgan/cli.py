@@ -246,9 +246,9 @@ def cmd_directions(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     artifact = Artifact.open(args.model)
-    fset = feature_net.feature_set(artifact)
+    fset, meter = feature_net.feature_sets(artifact)  # discovery and measurement readers
     if args.report:
-        return _directions_report(args, artifact, fset)
+        return _directions_report(args, artifact, meter)
     given = [flag for flag, value in (("--heatmap", args.heatmap), ("--data", args.data)) if value]
     if given:
         raise InvalidRequest("report", f"{' and '.join(given)} belong to --report")
@@ -276,9 +276,11 @@ def cmd_directions(args: argparse.Namespace) -> int:
                 "hold", f"{', '.join(missing)}: hold only features that are also in --features"
             )
     generator = artifact.build_generator()
-    measure = fset.fn(names)
+    measure = meter.fn(names)
     if method == "boundary":
-        found = directions.boundary_directions(generator, measure, n=args.samples, seed=args.seed)
+        found = directions.boundary_directions(
+            generator, fset.fn(names), n=args.samples, seed=args.seed
+        )
     elif method == "gradient":
         # every non-circular feature goes in; the others than the target are held fixed
         steady = [n for n in fset.names if n not in fset.circular or n in names]
@@ -314,6 +316,7 @@ def cmd_directions(args: argparse.Namespace) -> int:
         "samples": args.samples,
         "seed": args.seed,
         "feature_source": fset.source,
+        "measured_by": meter.source,
         "features": list(columns),
         "effect": [[round(float(v), 6) for v in row] for row in effect],
         "validation_accuracy": found.accuracy,
@@ -335,7 +338,7 @@ def cmd_directions(args: argparse.Namespace) -> int:
         artifact.path, found.names, found.table, info=info, effects=effect
     )
     seconds = time.perf_counter() - start
-    print(f"features: {fset.source}")
+    print(f"features: found with {fset.source}, measured with {meter.source}")
     if held:
         print(f"before holding {', '.join(held)} fixed:")
         _print_effects(found.names, columns, before)
@@ -428,8 +431,9 @@ def _directions_report(args: argparse.Namespace, artifact, fset) -> int:
         print(f"true factor correlation on {dataset.name} ({len(dataset)} images)")
         _print_correlation(columns, correlation)
     else:
-        _, correlation = directions.feature_correlation(dataset.images, measure)
-        scale = torch.stack([v.std() for v in measure(dataset.images).values()])
+        _, correlation = directions.feature_correlation(dataset.images, measure, dataset.labels)
+        values = measure(dataset.images, labels=dataset.labels).values()
+        scale = torch.stack([v.std() for v in values])
         print(f"feature correlation on {dataset.name} ({len(dataset)} images)")
         _print_correlation(columns, correlation)
     if heatmap is not None:

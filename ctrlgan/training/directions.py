@@ -58,7 +58,7 @@ from ctrlgan.network import ConditionalGenerator
 from ctrlgan.training.data import SHAPE_FACTORS
 from ctrlgan.training.features import FEATURES, check_names, measure
 
-FeatureFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+FeatureFn = Callable[..., dict[str, torch.Tensor]]  # (images, labels=None) -> {name: [B]}
 METHODS = ("boundary", "closed-form", "gradient")
 KNOWN_NAMES = tuple(dict.fromkeys((*FEATURES, *SHAPE_FACTORS, "shape")))
 _FACTOR = re.compile(r"factor_[0-9]+")
@@ -103,7 +103,7 @@ def render(generator: ConditionalGenerator, z: torch.Tensor, labels: torch.Tenso
 
 
 def _features(generator, z, labels, feature_fn: FeatureFn) -> dict[str, torch.Tensor]:
-    return feature_fn(render(generator, z, labels))
+    return feature_fn(render(generator, z, labels), labels=labels)
 
 
 # Discovery -----------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def gradient_directions(
     generator.requires_grad_(False)
     try:
         with torch.no_grad():
-            start = feature_fn(generator(z0, labels))
+            start = feature_fn(generator(z0, labels), labels=labels)
         missing = [name for name in names if name not in start]
         if missing or not names:
             raise InvalidRequest("names", f"not measured by the feature function: {missing}")
@@ -212,7 +212,7 @@ def gradient_directions(
             z = z0.clone().requires_grad_(True)
             with torch.enable_grad():
                 for _ in range(steps):
-                    values = feature_fn(generator(z, labels))
+                    values = feature_fn(generator(z, labels), labels=labels)
                     score = values[target] / spread[target]
                     if others and lam:
                         moved = torch.stack(
@@ -466,9 +466,11 @@ def load_table(artifact: Artifact) -> tuple[list[str], torch.Tensor]:
     return check_table(artifact, names, tensors["directions"])
 
 
-def feature_correlation(images, feature_fn: FeatureFn) -> tuple[list[str], torch.Tensor]:
+def feature_correlation(
+    images, feature_fn: FeatureFn, labels=None
+) -> tuple[list[str], torch.Tensor]:
     """Pearson correlation [F, F] of the features measured on ``images`` (a data set's)."""
-    values = feature_fn(images)
+    values = feature_fn(images, labels=labels)
     names = list(values)
     x = torch.stack([values[f].double() for f in names])  # [F, N]
     x = x - x.mean(dim=1, keepdim=True)

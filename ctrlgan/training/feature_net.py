@@ -1,25 +1,36 @@
-"""The learned feature network of shapes models: true factors read off images by regression heads.
+"""Reading the true factors of shapes off images: a learned network and exact moment readers.
 
 Shapes have exact ground truth (scale, orientation, pos_x, pos_y and the shape class), so the
-features a direction is asked to change are the true factors, learned from the real images by a
-small network and then frozen: the boundary method labels generated samples with it, the gradient
-method ascends through it, and the effect matrix and monotonic share measure with it.
+features a direction is asked to change are the true factors. Two readers, used for different
+jobs so that directions are never graded by the reader that found them:
 
-Network: ``nets._conv_trunk`` (stride-2 convolutions with LeakyReLU, no normalisation, so that
-training and inference compute the same function) down to s0 x s0, flattened (position survives),
-a hidden layer, then a class head and five regression outputs: scale, pos_x, pos_y standardised
-by the training set's mean and spread, and (cos phi, sin phi) of the *effective* orientation
-phi = k theta, k the class's rotational symmetry order (an image fixes theta only modulo
-2 pi / k). Features (float32 [B] each, differentiable in the images):
+* Discovery (``discovery``): a small network learned from the real images, then frozen, the
+  source's "feature classifier": the boundary method labels generated samples with it and the
+  gradient method ascends through it. ``nets._conv_trunk`` (stride-2 convolutions with
+  LeakyReLU, no normalisation, so training and inference compute the same function) down to
+  s0 x s0, flattened (position survives), a hidden layer, then a class head and five regression
+  outputs: scale, pos_x, pos_y standardised by the training set's mean and spread, and
+  (cos phi, sin phi) of the *effective* orientation phi = k theta, k the class's rotational
+  symmetry order (an image fixes theta only modulo 2 pi / k).
+* Measurement (``measurement``): exact readers from the image moments, for the effect matrix,
+  the monotonic share and reports. By the data set's construction the ink centroid of a shape
+  *is* its position, with pixel centres at ((j + 0.5) / W, (i + 0.5) / H); its ink mass is its
+  area, which is a class constant times scale^2, so scale = g[class] sqrt(mass / (H W)) with
+  one gain per class fitted on the real images (least squares through the origin). Scale needs
+  the class the image was generated for (``labels``). Orientation has no exact reader here:
+  both sets read it with the network.
 
-    scale, pos_x, pos_y   the regressions, in the data's units
+Features (float32 [B] each, differentiable in the images):
+
+    scale, pos_x, pos_y   in the data's units (scale 0.5..1, positions 0.25..0.75)
     orientation           atan2(sin phi, cos phi) / k in (-pi/k, pi/k], k of the predicted class
-                          (circular: a direction for it wraps around)
+                          (circular: a direction for it wraps around; never held by value)
 
-``fit`` trains on the first 90% of the images and reports held-out quality on the rest: R^2 per
-factor, the circular correlation mean cos(phi_read - phi_true) for orientation, and the class
-accuracy. The weights travel in the artifact as ``features.safetensors``; the manifest's
-provenance["features"] holds the configuration and that quality.
+``fit`` trains the network and the gains on the first 90% of the images and reports held-out
+quality on the rest: R^2 per factor for both readers, the circular correlation
+mean cos(phi_read - phi_true) for orientation, and the class accuracy. Both travel in the
+artifact as ``features.safetensors``; the manifest's provenance["features"] holds the
+configuration and that quality.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrlgan.errors import InvalidRequest
-from ctrlgan.training.features import MOMENTS, FeatureSet, check_names
+from ctrlgan.training.features import EPS, MOMENTS, FeatureSet, check_names
 from ctrlgan.training.metrics import SHAPE_SYMMETRY
 from ctrlgan.training.nets import _conv_trunk
 
@@ -39,6 +50,21 @@ FEATURE_NET = "features.safetensors"
 NAMES = ("scale", "orientation", "pos_x", "pos_y")
 LINEAR = ("scale", "pos_x", "pos_y")  # regressed directly; orientation through (cos, sin)
 HIDDEN = 128
+
+
+def ink_moments(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(mass / (H W), centroid x, centroid y) of images [B, C, H, W] in [-1, 1], float64, with
+    ink w = clamp((x + 1) / 2, 0, 1) averaged over channels and pixel centres (j + 0.5) / W."""
+    x = images.to(torch.float64)
+    _, _, h, w_ = x.shape
+    ink = ((x + 1) / 2).clamp(0, 1).mean(dim=1)
+    mass = ink.sum(dim=(1, 2))
+    denom = mass + EPS
+    u = ((torch.arange(w_, dtype=x.dtype) + 0.5) / w_)[None, None, :]
+    v = ((torch.arange(h, dtype=x.dtype) + 0.5) / h)[None, :, None]
+    cx = ((ink * u).sum(dim=(1, 2)) + 0.5 * EPS) / denom
+    cy = ((ink * v).sum(dim=(1, 2)) + 0.5 * EPS) / denom
+    return mass / (h * w_), cx, cy
 
 
 class ShapeFeatureNet(nn.Module):
@@ -67,6 +93,7 @@ class ShapeFeatureNet(nn.Module):
         self.register_buffer("order", torch.tensor([SHAPE_SYMMETRY[c] for c in classes]).float())
         self.register_buffer("mean", torch.zeros(3))
         self.register_buffer("std", torch.ones(3))
+        self.register_buffer("scale_gain", torch.ones(len(classes)))  # exact reader, per class
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.head(self.trunk(x))
@@ -81,6 +108,17 @@ class ShapeFeatureNet(nn.Module):
             k = self.order[logits.argmax(dim=1)]
             values["orientation"] = torch.atan2(out[:, 4], out[:, 3]) / k
         return {name: values[name] for name in names}
+
+    def exact(self, images, labels, names=LINEAR) -> dict[str, torch.Tensor]:
+        """The moment readers (see the module docstring) for ``names`` within LINEAR."""
+        mass, cx, cy = ink_moments(images)
+        values = {"pos_x": cx, "pos_y": cy}
+        if "scale" in names:
+            if labels is None:
+                raise InvalidRequest("labels", "reading scale needs the images' classes")
+            labels = torch.as_tensor(labels)
+            values["scale"] = self.scale_gain[labels] * mass.clamp_min(0).sqrt()
+        return {name: values[name].float() for name in names}
 
     def targets(self, labels: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
         """Training targets [N, 5] from true (scale, orientation, pos_x, pos_y) factors."""
@@ -127,6 +165,13 @@ def fit(
         opt.step()
         schedule.step()
     net.eval()
+    with torch.no_grad():
+        root = ink_moments(images[:n_fit])[0].clamp_min(0).sqrt()
+        for c in range(len(classes)):
+            sel = labels[:n_fit] == c
+            if sel.any():  # scale = g sqrt(mass): least squares through the origin
+                g = (factors[:n_fit, 0][sel].double() * root[sel]).sum() / (root[sel] ** 2).sum()
+                net.scale_gain[c] = float(g)
     quality = evaluate(net, images[n_fit:], labels[n_fit:], factors[n_fit:])
     quality["seconds"] = round(time.perf_counter() - started, 1)
     return net, quality
@@ -134,15 +179,19 @@ def fit(
 
 @torch.no_grad()
 def evaluate(net: ShapeFeatureNet, images, labels, factors) -> dict:
-    """Held-out agreement with the true factors: R^2 (scale, pos_x, pos_y), circular
-    correlation (orientation, effective angle) and class accuracy."""
+    """Held-out agreement with the true factors: R^2 of the network's and of the exact readers
+    (scale, pos_x, pos_y), circular correlation (orientation, effective angle) and class
+    accuracy."""
     logits, out = net(images)
     read = net.features(images)
     quality = {"class_accuracy": round(float((logits.argmax(1) == labels).float().mean()), 4)}
+    exact = net.exact(images, labels)
     for i, name in zip((0, 2, 3), LINEAR, strict=True):
         true = factors[:, i].double()
-        resid = ((read[name].double() - true) ** 2).sum()
-        quality[f"r2_{name}"] = round(float(1 - resid / ((true - true.mean()) ** 2).sum()), 4)
+        spread = ((true - true.mean()) ** 2).sum()
+        for prefix, got in (("r2", read), ("exact_r2", exact)):
+            resid = ((got[name].double() - true) ** 2).sum()
+            quality[f"{prefix}_{name}"] = round(float(1 - resid / spread), 4)
     phi_true = net.order[labels] * factors[:, 1]
     phi_read = torch.atan2(out[:, 4], out[:, 3])
     quality["orientation_circular_corr"] = round(float(torch.cos(phi_read - phi_true).mean()), 4)
@@ -173,27 +222,42 @@ def load(artifact) -> ShapeFeatureNet | None:
     return net
 
 
-def feature_set(artifact) -> FeatureSet:
-    """What ``ctrlgan directions`` measures on ``artifact``: the true factors through its
-    feature network when it ships one, else the image moments of features.py."""
+def feature_sets(artifact) -> tuple[FeatureSet, FeatureSet]:
+    """(discovery, measurement) readers for ``artifact``: the network and the exact readers
+    when it ships a feature network, else the image moments of features.py for both."""
     net = load(artifact)
     if net is None:
-        return MOMENTS
+        return MOMENTS, MOMENTS
+    expected = (net.config["channels"], net.config["image_size"], net.config["image_size"])
 
-    def measure(images, names=NAMES, keep_grad: bool = False) -> dict[str, torch.Tensor]:
+    def checked(images, names):
         names = check_names(names, known=NAMES)
         x = torch.as_tensor(images) if not torch.is_tensor(images) else images
-        expected = (net.config["channels"], net.config["image_size"], net.config["image_size"])
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise InvalidRequest(
                 "images",
                 f"the feature network reads [B, {', '.join(map(str, expected))}] images, "
                 f"got {tuple(x.shape)}",
             )
+        return x, names
+
+    def discover(images, names=NAMES, keep_grad: bool = False, labels=None):
+        x, names = checked(images, names)
         with torch.set_grad_enabled(keep_grad):
             values = net.features(x if keep_grad else x.detach(), names)
         return {n: v if keep_grad else v.detach() for n, v in values.items()}
 
-    return FeatureSet(
-        NAMES, "feature network (shapes' true factors)", measure, LINEAR, ("orientation",)
+    def measure(images, names=NAMES, keep_grad: bool = False, labels=None):
+        x, names = checked(images, names)
+        with torch.set_grad_enabled(keep_grad):
+            x = x if keep_grad else x.detach()
+            values = net.exact(x, labels, [n for n in names if n in LINEAR])
+            if "orientation" in names:
+                values |= net.features(x, ("orientation",))
+        return {n: values[n] if keep_grad else values[n].detach() for n in names}
+
+    circular = ("orientation",)
+    return (
+        FeatureSet(NAMES, "feature network (learned)", discover, LINEAR, circular),
+        FeatureSet(NAMES, "exact moment readers (orientation: network)", measure, LINEAR, circular),
     )

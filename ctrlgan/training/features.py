@@ -52,8 +52,11 @@ def check_names(names, field: str = "features", known=FEATURES) -> tuple[str, ..
     return names
 
 
-def measure(images, names=FEATURES, keep_grad: bool = False) -> dict[str, torch.Tensor]:
+def measure(
+    images, names=FEATURES, keep_grad: bool = False, labels=None
+) -> dict[str, torch.Tensor]:
     """Features of images [B, C, H, W] in [-1, 1] (tensor or array): {name: float32 [B]}.
+    ``labels`` (the images' classes) is accepted like every FeatureSet's and not needed here.
 
     ``keep_grad``: differentiable in the images (for gradient ascent on z); ``size`` then adds
     EPS^2 under its square root so that its gradient stays finite on a blank image."""
@@ -93,13 +96,14 @@ def feature_fn(names=FEATURES):
 @dataclass(frozen=True)
 class FeatureSet:
     """The features a model's directions can change: their names, where they come from, and
-    ``measure(images, names, keep_grad) -> {name: float32 [B]}``. Image moments (this module)
-    for every model; a shapes model that ships a feature network measures the true factors
-    with it instead (``feature_net.feature_set``)."""
+    ``measure(images, names, keep_grad, labels) -> {name: float32 [B]}`` (labels: the classes
+    the images were generated for, where a reader needs them). Image moments (this module) for
+    every model; a shapes model that ships a feature network reads the true factors instead
+    (``feature_net.feature_sets``)."""
 
     names: tuple[str, ...]
     source: str
-    measure: Callable[..., dict[str, torch.Tensor]]
+    measure: Callable[..., dict[str, torch.Tensor]]  # (images, names, keep_grad, labels)
     defaults: tuple[str, ...]  # what `ctrlgan directions` finds when no --features are given
     circular: tuple[str, ...] = ()  # angles: they wrap, so they are not held fixed by value
 
@@ -107,7 +111,7 @@ class FeatureSet:
         return check_names(names, field, self.names)
 
     def fn(self, names=None, keep_grad: bool = False):
-        """``measure`` bound to ``names`` (default: all): images -> {name: [B]}."""
+        """``measure`` bound to ``names`` (default: all): (images, labels=None) -> {name: [B]}."""
         names = self.names if names is None else self.check(names)
         return partial(self.measure, names=names, keep_grad=keep_grad)
 

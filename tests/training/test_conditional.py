@@ -75,11 +75,13 @@ def test_directions_on_shapes_measure_the_true_factors_and_hold(shapes_model, tm
     argv = ["directions", str(model), "--features", "scale,pos_y", "--hold", "pos_y"]
     assert main([*argv, "--samples", "300"]) == 0
     out = capsys.readouterr().out
-    assert "feature network (shapes' true factors)" in out
+    assert "found with feature network (learned), measured with exact moment readers" in out
     assert "before holding pos_y fixed:" in out and "projected off pos_y" in out
     artifact = Artifact.open(model)
     info = artifact.manifest.provenance["directions"]
     assert info["held"] == ["pos_y"] and info["features"] == ["scale", "pos_y"]
+    assert info["feature_source"] == "feature network (learned)"
+    assert info["measured_by"].startswith("exact moment readers")
     assert np.array(info["effect_before_hold"]).shape == (2, 2)
     table = artifact.load_tensors(DIRECTIONS)["directions"]
     assert artifact.manifest.directions == ["scale", "pos_y"]

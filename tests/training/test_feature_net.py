@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,21 @@ def test_fit_reads_the_true_factors_of_held_out_shapes(fitted, shapes):
     assert (values["orientation"].abs() <= math.pi / k + 1e-6).all()
 
 
+def test_exact_readers_recover_the_true_factors(fitted):
+    _, quality = fitted
+    assert quality["exact_r2_pos_x"] > 0.999 and quality["exact_r2_pos_y"] > 0.999
+    assert quality["exact_r2_scale"] > 0.995  # one gain per class, fitted on real shapes
+    fresh = make_shapes(400, 32, seed=12)  # another size too: the readers have no weights
+    mass, cx, cy = feature_net.ink_moments(fresh.images)
+    np.testing.assert_allclose(cx.numpy(), fresh.factors[:, 2].numpy(), atol=3e-3)
+    np.testing.assert_allclose(cy.numpy(), fresh.factors[:, 3].numpy(), atol=3e-3)
+    # area = class constant x scale^2: sqrt(mass) / scale is constant within each class
+    ratio = mass.sqrt().numpy() / fresh.factors[:, 0].numpy()
+    for c in range(4):
+        r = ratio[fresh.labels.numpy() == c]
+        assert r.std() / r.mean() < 0.01
+
+
 def test_features_are_differentiable_in_the_images(fitted, shapes):
     net, _ = fitted
     x = shapes.images[:5].clone().requires_grad_(True)
@@ -78,23 +94,31 @@ def test_training_on_shapes_ships_the_feature_network(tmp_path):
     assert feature_net.FEATURE_NET in artifact.manifest.files
     entry = artifact.manifest.provenance["features"]
     assert entry["names"] == list(feature_net.NAMES) and "r2_pos_y" in entry["held_out"]
-    fset = feature_net.feature_set(artifact)
-    assert fset.names == feature_net.NAMES
-    images = make_shapes(7, 16, seed=5).images  # batch 7: not a power of two
+    discover, meter = feature_net.feature_sets(artifact)
+    assert discover.names == meter.names == feature_net.NAMES
+    seven = make_shapes(7, 16, seed=5)  # batch 7: not a power of two
+    images = seven.images
     net = feature_net.load(artifact)
-    got = fset.measure(images, ("pos_x", "scale"))
+    got = discover.measure(images, ("pos_x", "scale"))
     want = net.features(images, ("pos_x", "scale"))
     for name in ("pos_x", "scale"):
         assert torch.equal(got[name], want[name]) and not got[name].requires_grad
-    with pytest.raises(InvalidRequest, match="images"):
-        fset.measure(torch.rand(3, 1, 32, 32) * 2 - 1)  # the network reads 16x16
-    with pytest.raises(InvalidRequest, match="thickness"):
-        fset.fn("thickness")  # a digits feature: not measured by this network
+    exact = meter.measure(images, ("scale", "pos_y"), labels=seven.labels)
+    assert torch.equal(exact["pos_y"], net.exact(images, seven.labels, ["pos_y"])["pos_y"])
+    # the centroid is the position by construction: exact whatever the network learned
+    torch.testing.assert_close(exact["pos_y"], seven.factors[:, 3], atol=5e-3, rtol=0)
+    with pytest.raises(InvalidRequest, match="labels"):
+        meter.measure(images, ("scale",))  # scale's gain is per class
+    for reader in (discover, meter):
+        with pytest.raises(InvalidRequest, match="images"):
+            reader.measure(torch.rand(3, 1, 32, 32) * 2 - 1)  # the network reads 16x16
+        with pytest.raises(InvalidRequest, match="thickness"):
+            reader.fn("thickness")  # a digits feature: not measured here
     # without the network (feature_steps 0) the model falls back to image moments
     config.out, config.feature_steps = str(tmp_path / "plain"), 0
     plain = Artifact.open(train(config, progress=False).artifact.path)
     assert feature_net.FEATURE_NET not in plain.manifest.files
-    assert feature_net.feature_set(plain) is MOMENTS
+    assert feature_net.feature_sets(plain) == (MOMENTS, MOMENTS)
 
 
 def test_feature_steps_is_validated(tmp_path):
