@@ -42,29 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrlgan.errors import InvalidRequest
-from ctrlgan.training.features import EPS, MOMENTS, FeatureSet, check_names
-from ctrlgan.training.metrics import SHAPE_SYMMETRY
+from ctrlgan.training.features import MOMENTS, FeatureSet, check_names
+from ctrlgan.training.metrics import SHAPE_SYMMETRY, ink_moments
 from ctrlgan.training.nets import _conv_trunk
 
 FEATURE_NET = "features.safetensors"
 NAMES = ("scale", "orientation", "pos_x", "pos_y")
 LINEAR = ("scale", "pos_x", "pos_y")  # regressed directly; orientation through (cos, sin)
 HIDDEN = 128
-
-
-def ink_moments(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(mass / (H W), centroid x, centroid y) of images [B, C, H, W] in [-1, 1], float64, with
-    ink w = clamp((x + 1) / 2, 0, 1) averaged over channels and pixel centres (j + 0.5) / W."""
-    x = images.to(torch.float64)
-    _, _, h, w_ = x.shape
-    ink = ((x + 1) / 2).clamp(0, 1).mean(dim=1)
-    mass = ink.sum(dim=(1, 2))
-    denom = mass + EPS
-    u = ((torch.arange(w_, dtype=x.dtype) + 0.5) / w_)[None, None, :]
-    v = ((torch.arange(h, dtype=x.dtype) + 0.5) / h)[None, :, None]
-    cx = ((ink * u).sum(dim=(1, 2)) + 0.5 * EPS) / denom
-    cy = ((ink * v).sum(dim=(1, 2)) + 0.5 * EPS) / denom
-    return mass / (h * w_), cx, cy
 
 
 class ShapeFeatureNet(nn.Module):

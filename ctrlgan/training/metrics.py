@@ -204,6 +204,21 @@ def _numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
+def ink_moments(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(mass / (H W), centroid x, centroid y) of images [B, C, H, W] in [-1, 1], float64, with
+    ink w = clamp((x + 1) / 2, 0, 1) averaged over channels and pixel centres (j + 0.5) / W."""
+    x = images.to(torch.float64)
+    _, _, h, w_ = x.shape
+    ink = ((x + 1) / 2).clamp(0, 1).mean(dim=1)
+    mass = ink.sum(dim=(1, 2))
+    denom = mass + 1e-9
+    u = ((torch.arange(w_, dtype=x.dtype) + 0.5) / w_)[None, None, :]
+    v = ((torch.arange(h, dtype=x.dtype) + 0.5) / h)[None, :, None]
+    cx = ((ink * u).sum(dim=(1, 2)) + 0.5e-9) / denom
+    cy = ((ink * v).sum(dim=(1, 2)) + 0.5e-9) / denom
+    return mass / (h * w_), cx, cy
+
+
 def _shape_moments(images: torch.Tensor) -> dict[str, np.ndarray]:
     """Ink centroid, sqrt(ink area) and complex moment phases of images [N, C, H, W].
 
@@ -215,11 +230,9 @@ def _shape_moments(images: torch.Tensor) -> dict[str, np.ndarray]:
     x = torch.as_tensor(images).detach().to(torch.float64)
     _, _, h, w_ = x.shape
     ink = ((x + 1) / 2).clamp(0, 1).mean(dim=1)
-    mass = ink.sum(dim=(1, 2)) + 1e-9
+    area, cx, cy = ink_moments(x)
     u = ((torch.arange(w_, dtype=torch.float64) + 0.5) / w_)[None, None, :]
     v = ((torch.arange(h, dtype=torch.float64) + 0.5) / h)[None, :, None]
-    cx = (ink * u).sum(dim=(1, 2)) / mass
-    cy = (ink * v).sum(dim=(1, 2)) / mass
     d = torch.complex(u - cx[:, None, None], cy[:, None, None] - v)
     phases = {}
     for k in (1, 2, 3, 4):
@@ -228,7 +241,7 @@ def _shape_moments(images: torch.Tensor) -> dict[str, np.ndarray]:
     return {
         "cx": cx.numpy(),
         "cy": cy.numpy(),
-        "size": torch.sqrt(mass / (h * w_)).numpy(),
+        "size": torch.sqrt(area.clamp_min(0)).numpy(),
         "phase": phases,
     }
 

@@ -8,7 +8,7 @@ import torch
 
 from ctrlgan.artifact import Artifact
 from ctrlgan.errors import InvalidRequest
-from ctrlgan.training import feature_net
+from ctrlgan.training import feature_net, metrics
 from ctrlgan.training.data import make_shapes
 from ctrlgan.training.features import MOMENTS
 from ctrlgan.training.train import TrainConfig, train
@@ -49,7 +49,7 @@ def test_exact_readers_recover_the_true_factors(fitted):
     assert quality["exact_r2_pos_x"] > 0.999 and quality["exact_r2_pos_y"] > 0.999
     assert quality["exact_r2_scale"] > 0.995  # one gain per class, fitted on real shapes
     fresh = make_shapes(400, 32, seed=12)  # another size too: the readers have no weights
-    mass, cx, cy = feature_net.ink_moments(fresh.images)
+    mass, cx, cy = metrics.ink_moments(fresh.images)
     np.testing.assert_allclose(cx.numpy(), fresh.factors[:, 2].numpy(), atol=3e-3)
     np.testing.assert_allclose(cy.numpy(), fresh.factors[:, 3].numpy(), atol=3e-3)
     # area = class constant x scale^2: sqrt(mass) / scale is constant within each class
