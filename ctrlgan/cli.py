@@ -785,8 +785,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-steps",
         type=int,
         default=d.feature_steps,
-        help="shapes only: steps fitting the feature network that the artifact ships (it reads "
-        "the true factors off images for `ctrlgan directions`; 0: none)",
+        help="steps fitting the feature network that the artifact ships: `ctrlgan directions` "
+        "finds directions with it (image moments; shapes: the true factors); 0: none",
     )
     run.add_argument(
         "--sample-every", type=int, default=d.sample_every, help="write a sample grid every N steps"

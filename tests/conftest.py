@@ -37,6 +37,7 @@ def tiny_model(tmp_path_factory):
         eval_per_class=3,
         sample_every=3,
         checkpoint_every=3,
+        feature_steps=40,  # a real but quick feature network
         command="test",
     )
     return train(config, progress=False)

@@ -13,6 +13,7 @@ from ctrlgan.artifact import (
     write_artifact,
 )
 from ctrlgan.errors import ArtifactError, InvalidRequest
+from ctrlgan.training.feature_net import FEATURE_NET
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def test_written_artifact_round_trips(model):
     m = a.manifest
     assert m.format_version == 1
     assert m.z_dim == 12 and len(m.classes) == 10 and m.image_shape == [1, 16, 16]
-    assert set(m.files) == {GENERATOR_WEIGHTS}
+    assert set(m.files) == {GENERATOR_WEIGHTS, FEATURE_NET}  # the tiny model ships a network
     p = m.provenance
     assert p["dataset"] == "digits" and p["steps"] == 6 and p["seed"] == 0
     assert p["command"] == "test" and "conditional_accuracy" in p["metrics"]
@@ -121,7 +122,7 @@ def test_rewrite_keeps_listed_files_and_updates_checksums(model):
     write_artifact(model, a.manifest, {GENERATOR_WEIGHTS: state}, files={"notes.txt": extra})
     again = write_artifact(model, Artifact.open(model).manifest, {GENERATOR_WEIGHTS: state})
     assert (again.path / "notes.txt").read_bytes() == extra
-    assert set(again.manifest.files) == {GENERATOR_WEIGHTS, "notes.txt"}
+    assert set(again.manifest.files) == {GENERATOR_WEIGHTS, FEATURE_NET, "notes.txt"}
 
 
 def test_manifest_json_round_trip():

@@ -20,7 +20,7 @@ def test_digits_is_bundled_with_its_provenance():
     assert p["metrics"]["eval_per_class"] == 1000
     assert p["train_seconds"] <= 15 * 60
     size = sum((Artifact.open("digits").path / f).stat().st_size for f in m.files)
-    assert size < 4 * 2**20
+    assert size < 5 * 2**20  # "a few MB at most" (issue 2): weights, 3 graphs, feature network
 
 
 def test_digits_conditional_accuracy_and_diversity():

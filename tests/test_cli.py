@@ -48,6 +48,8 @@ def test_train_sample_info_end_to_end(tmp_path, capsys):
         "6",
         "--eval-per-class",
         "4",
+        "--feature-steps",
+        "20",
         "--quiet",
     )
     assert code == 0, err

@@ -91,7 +91,7 @@ class TrainConfig:
     info_categories: int = 0  # InfoGAN: values of one categorical code in the next z dim (0: none)
     info_lambda: float = 1.0  # weight of reg_d (InfoGAN or supervised codes)
     supervised_codes: list = field(default_factory=list)  # shapes: factors in z dims 0..m-1
-    feature_steps: int = 4000  # shapes: steps fitting the feature network shipped (0: none)
+    feature_steps: int = 4000  # steps fitting the feature network the artifact ships (0: none)
     resume: bool = False
     command: str = ""  # provenance: the command line that started the run
 
@@ -361,13 +361,13 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         )
     tensors = {GENERATOR_WEIGHTS: G.state_dict()}
     features_entry = {}
-    shapes = data.factors is not None and all(c in metrics.SHAPE_SYMMETRY for c in data.classes)
-    if shapes and config.feature_steps:
-        # Shapes: ship the frozen feature network that reads the true factors back off images.
+    if config.feature_steps:
+        # The frozen feature network that `ctrlgan directions` finds directions with: image
+        # moments, or the true factors for shapes (feature_net.py).
         if progress:
-            print("fitting the feature network on the real shapes", file=sys.stderr)
+            print("fitting the feature network on the real images", file=sys.stderr)
         net, quality = feature_net.fit(
-            data.images, data.labels, data.factors, data.classes, steps=config.feature_steps
+            data.images, data.labels, data.classes, data.factors, steps=config.feature_steps
         )
         tensors[feature_net.FEATURE_NET] = net.state_dict()
         features_entry = {"features": feature_net.describe(net, quality)}

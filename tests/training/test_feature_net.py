@@ -1,4 +1,4 @@
-"""The learned feature network of shapes models (training/feature_net.py)."""
+"""Feature networks and the exact readers (training/feature_net.py)."""
 
 import math
 
@@ -9,8 +9,8 @@ import torch
 from ctrlgan.artifact import Artifact
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.training import feature_net, metrics
-from ctrlgan.training.data import make_shapes
-from ctrlgan.training.features import MOMENTS
+from ctrlgan.training.data import load_digits, make_shapes
+from ctrlgan.training.features import FEATURES, MOMENTS, measure
 from ctrlgan.training.train import TrainConfig, train
 
 
@@ -23,7 +23,7 @@ def shapes():
 def fitted(shapes):
     torch.set_num_threads(2)
     return feature_net.fit(
-        shapes.images, shapes.labels, shapes.factors, shapes.classes, steps=300, batch_size=128
+        shapes.images, shapes.labels, shapes.classes, shapes.factors, steps=300, batch_size=128
     )
 
 
@@ -34,7 +34,8 @@ def test_fit_reads_the_true_factors_of_held_out_shapes(fitted, shapes):
     assert quality["r2_scale"] > 0.6
     assert quality["class_accuracy"] > 0.4  # chance: 0.25
     fresh = make_shapes(500, 16, seed=11)  # different seed: shapes fit never saw
-    again = feature_net.evaluate(net, fresh.images, fresh.labels, fresh.factors)
+    true = fresh.factors[:, [0, 2, 3]]
+    again = feature_net.evaluate(net, fresh.images, fresh.labels, true, fresh.factors)
     assert again["r2_pos_y"] > 0.9
     values = net.features(fresh.images)
     assert list(values) == list(feature_net.NAMES)
@@ -67,13 +68,43 @@ def test_features_are_differentiable_in_the_images(fitted, shapes):
     assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
-def test_fit_refuses_data_without_factors(shapes):
-    with pytest.raises(InvalidRequest, match="factors"):
-        feature_net.fit(shapes.images, shapes.labels, None, shapes.classes)
+def test_bad_feature_networks_are_refused(shapes):
     with pytest.raises(InvalidRequest, match="classes"):
-        feature_net.ShapeFeatureNet(["0", "1"])
+        feature_net.FeatureNetwork(["0", "1"], "shapes")
+    with pytest.raises(InvalidRequest, match="kind"):
+        feature_net.FeatureNetwork(["0", "1"], "faces")
     with pytest.raises(InvalidRequest, match="data"):
-        feature_net.fit(shapes.images[:8], shapes.labels[:8], shapes.factors[:8], shapes.classes)
+        feature_net.fit(shapes.images[:8], shapes.labels[:8], shapes.classes, shapes.factors[:8])
+    with pytest.raises(InvalidRequest, match="true factors"):
+        feature_net.fit(shapes.images, shapes.labels, shapes.classes, shapes.factors[:, :3])
+
+
+def test_a_digits_network_learns_the_image_moments():
+    digits = load_digits(16)
+    net, quality = feature_net.fit(
+        digits.images, digits.labels, digits.classes, steps=150, batch_size=128
+    )
+    assert net.kind == "moments" and net.names == FEATURES
+    # held out: the last 10% of the digits, which fit never trained on
+    assert quality["class_accuracy"] > 0.5  # chance: 0.1
+    for name in ("thickness", "size", "pos_x", "pos_y"):
+        assert quality[f"r2_{name}"] > 0.3, (name, quality)
+    assert "exact_r2_pos_y" not in quality and "orientation_circular_corr" not in quality
+    want = measure(digits.images[-180:])
+    got = net.features(digits.images[-180:])
+    assert torch.corrcoef(torch.stack([got["pos_y"], want["pos_y"]]))[0, 1] > 0.7
+
+
+def test_a_digits_model_finds_with_its_network_and_measures_with_moments(tiny_model):
+    artifact = Artifact.open(tiny_model.artifact.path)
+    assert artifact.manifest.provenance["features"]["kind"] == "moments"
+    discover, meter = feature_net.feature_sets(artifact)
+    assert meter is MOMENTS and discover.names == FEATURES
+    assert discover.defaults == MOMENTS.defaults == ("thickness", "slant", "size")
+    images = load_digits(16).images[:5]
+    net = feature_net.load(artifact)
+    got = discover.measure(images, ("slant",))["slant"]
+    assert torch.equal(got, net.features(images, ("slant",))["slant"])
 
 
 def test_training_on_shapes_ships_the_feature_network(tmp_path):

@@ -210,6 +210,8 @@ def test_ctrl_c_checkpoints_and_resumes(tmp_path):
         "100000",
         "--sample-every",
         "100000",
+        "--feature-steps",
+        "0",
         "--quiet",
     ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ})
