@@ -49,6 +49,11 @@ LINEAR = ("scale", "pos_x", "pos_y")  # shapes: regressed directly; orientation 
 HIDDEN = 128
 
 
+def min_images(classes) -> int:
+    """The fewest images ``fit`` accepts: two per class to train on, plus a held-out one."""
+    return 2 * len(classes) + 1
+
+
 def kind_for(classes, factors) -> str:
     """ "shapes" for data with shapes' classes and true factors, else "moments"."""
     shapes = factors is not None and all(c in SHAPE_SYMMETRY for c in classes)
@@ -156,8 +161,8 @@ def fit(
         raise InvalidRequest("data", "the shapes feature network needs the four true factors")
     n = len(images)
     n_fit = n - max(1, n // 10)
-    if n_fit < 2 * len(classes):
-        raise InvalidRequest("data", f"need at least {2 * len(classes) + 1} images, got {n}")
+    if n < min_images(classes):
+        raise InvalidRequest("data", f"need at least {min_images(classes)} images, got {n}")
     batch_size = min(batch_size, n_fit)
     started = time.perf_counter()
     torch.manual_seed(seed)

@@ -214,6 +214,13 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     sup = list(config.supervised_codes)
     if sup and data.factors is None:
         raise InvalidRequest("supervised_codes", f"{data.name!r} has no factors (use shapes)")
+    if config.feature_steps and len(data) < feature_net.min_images(data.classes):
+        # refused now rather than after the whole run, when the network is fitted
+        raise InvalidRequest(
+            "feature_steps",
+            f"the feature network needs >= {feature_net.min_images(data.classes)} images, "
+            f"{data.name!r} has {len(data)}: pass --feature-steps 0",
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -155,3 +155,13 @@ def test_training_on_shapes_ships_the_feature_network(tmp_path):
 def test_feature_steps_is_validated(tmp_path):
     with pytest.raises(InvalidRequest, match="feature_steps"):
         train(TrainConfig(feature_steps=-1, out=str(tmp_path / "x")), progress=False)
+
+
+def test_too_few_images_for_a_network_are_refused_before_training(tmp_path):
+    config = TrainConfig(
+        data="shapes", n_data=8, image_size=16, steps=1, feature_steps=10, out=str(tmp_path / "t")
+    )
+    with pytest.raises(InvalidRequest, match="--feature-steps 0") as e:
+        train(config, progress=False)
+    assert e.value.field == "feature_steps"
+    assert not (tmp_path / "t" / "checkpoint.safetensors").exists()  # refused before step 1
