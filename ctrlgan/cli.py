@@ -269,12 +269,16 @@ def cmd_directions(args: argparse.Namespace) -> int:
     for value, field in ((args.step_size, "step-size"), (args.lam, "lambda")):
         if not math.isfinite(value):
             raise InvalidRequest(field, f"must be finite, got {value!r}")
+    if len(set(held)) != len(held):
+        raise InvalidRequest("hold", f"names repeat: {', '.join(held)}")
     if method != "closed-form":
         missing = [h for h in held if h not in names]
         if missing:
             raise InvalidRequest(
                 "hold", f"{', '.join(missing)}: hold only features that are also in --features"
             )
+        if held and len(held) == len(names):
+            raise InvalidRequest("hold", "holds every direction: nothing is left to condition")
     generator = artifact.build_generator()
     measure = meter.fn(names)
     if method == "boundary":
@@ -464,7 +468,20 @@ def _report_data(artifact, spec):
 
     _, h, _ = artifact.manifest.image_shape
     if spec is not None:
-        return load_dataset(spec, size=h, n=5000)
+        dataset = load_dataset(spec, size=h, n=5000)
+        if dataset.classes != artifact.manifest.classes:
+            raise InvalidRequest(
+                "data",
+                f"{dataset.name!r} has classes {dataset.classes}; the model's are "
+                f"{artifact.manifest.classes}",
+            )
+        if list(dataset.image_shape) != list(artifact.manifest.image_shape):
+            raise InvalidRequest(
+                "data",
+                f"{dataset.name!r} images are {list(dataset.image_shape)}; the "
+                f"model's are {artifact.manifest.image_shape}",
+            )
+        return dataset
     provenance = artifact.manifest.provenance
     config = provenance.get("config", {})
     if provenance.get("dataset") == "digits":
@@ -959,7 +976,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--data",
         default=None,
-        help="data set for the feature correlations (default: the model's, if digits)",
+        help="data set for the feature correlations (default: the model's when it can be "
+        "drawn again offline: digits, or shapes from the provenance's seed and correlations)",
     )
     r.set_defaults(func=cmd_directions)
 

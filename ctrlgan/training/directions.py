@@ -285,14 +285,17 @@ def hold_fixed(found: Directions, held: Sequence[str]) -> Directions:
         raise InvalidRequest("hold", "holds every direction: nothing is left to condition")
     keep = [found.names.index(h) for h in held]
     table = found.table.clone()
-    for k, name in enumerate(found.names):
-        if name in held:
-            continue
-        if table.ndim == 2:
-            table[k] = project_off(found.table[k], found.table[keep])
-        else:
-            for c in range(table.shape[0]):
-                table[c, k] = project_off(found.table[c, k], found.table[c][keep])
+    try:
+        for k, name in enumerate(found.names):
+            if name in held:
+                continue
+            if table.ndim == 2:
+                table[k] = project_off(found.table[k], found.table[keep])
+            else:
+                for c in range(table.shape[0]):
+                    table[c, k] = project_off(found.table[c, k], found.table[c][keep])
+    except InvalidRequest as e:  # dependent held rows, or a row inside their span
+        raise InvalidRequest("hold", f"{e.message} ({', '.join(held)})") from None
     return replace(found, table=table, held=held)
 
 

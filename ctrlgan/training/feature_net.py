@@ -1,6 +1,7 @@
 """Feature networks: the features a direction changes, learned from the real images.
 
-Every model that ``ctrlgan train`` writes ships one (``features.safetensors``; the manifest's
+Every model that ``ctrlgan train`` writes ships one unless ``--feature-steps 0``
+(``features.safetensors``; the manifest's
 provenance["features"] holds its configuration and held-out quality), the source's frozen
 "feature classifier": the boundary method labels generated samples with it and the gradient
 method ascends through it. Directions are then *measured* by exact readers, so that none is
@@ -22,10 +23,11 @@ Network: ``nets._conv_trunk`` (stride-2 convolutions with LeakyReLU, no normalis
 training and inference compute the same function) down to s0 x s0, flattened (position
 survives), a hidden layer, then a class head and the regression outputs, standardised by the
 training set's mean and spread. Features are float32 [B] each and differentiable in the images;
-orientation is atan2(sin phi, cos phi) / k in (-pi/k, pi/k], k of the predicted class
+orientation is atan2(sin phi, cos phi) / k in (-pi/k, pi/k], k of the images' class (their
+labels where given, else the class head's prediction)
 (circular: a direction for it wraps around, and it is never held fixed by value).
 
-``fit`` trains on the first 90% of the images and reports held-out quality on the rest: R^2
+``fit`` trains on 90% of the images (a seeded shuffle) and reports held-out quality on the rest: R^2
 per feature (for shapes against the true factors, for the network and the exact readers), the
 circular correlation mean cos(phi_read - phi_true) for orientation, and the class accuracy.
 """
@@ -106,15 +108,17 @@ class FeatureNetwork(nn.Module):
         out = self.head(self.trunk(x))
         return out[:, : len(self.classes)], out[:, len(self.classes) :]
 
-    def features(self, images, names=None) -> dict[str, torch.Tensor]:
-        """{name: float32 [B]} for ``names`` (default all); gradients flow to the images."""
+    def features(self, images, names=None, labels=None) -> dict[str, torch.Tensor]:
+        """{name: float32 [B]} for ``names`` (default all); gradients flow to the images.
+        Orientation's symmetry order comes from ``labels`` when given, else the class head."""
         names = self.names if names is None else names
         logits, out = self(images.float())
         n = len(self.linear)
         linear = out[:, :n] * self.std + self.mean
         values = {name: linear[:, i] for i, name in enumerate(self.linear)}
         if "orientation" in names:
-            k = self.order[logits.argmax(dim=1)]
+            classes = logits.argmax(dim=1) if labels is None else torch.as_tensor(labels)
+            k = self.order[classes]
             values["orientation"] = torch.atan2(out[:, n + 1], out[:, n]) / k
         return {name: values[name] for name in names}
 
@@ -161,6 +165,9 @@ def fit(
         raise InvalidRequest("data", "the shapes feature network needs the four true factors")
     n = len(images)
     n_fit = n - max(1, n // 10)
+    # A seeded shuffle before the split: data sets sorted by class must not hold out one class.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fit_idx, held = order[:n_fit], order[n_fit:]
     if n < min_images(classes):
         raise InvalidRequest("data", f"need at least {min_images(classes)} images, got {n}")
     batch_size = min(batch_size, n_fit)
@@ -170,15 +177,15 @@ def fit(
     net = FeatureNetwork(classes, kind, size, channels)
     factors = None if factors is None else factors.float()
     values = net.values(images, labels, factors)
-    net.mean.copy_(values[:n_fit].mean(0))
-    net.std.copy_(values[:n_fit].std(0).clamp_min(1e-6))
+    net.mean.copy_(values[fit_idx].mean(0))
+    net.std.copy_(values[fit_idx].std(0).clamp_min(1e-6))
     targets = net.targets(values, labels, factors)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     rng = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(steps):
-        idx = torch.randint(0, n_fit, (batch_size,), generator=rng)
+        idx = fit_idx[torch.randint(0, n_fit, (batch_size,), generator=rng)]
         logits, out = net(images[idx])
         loss = F.cross_entropy(logits, labels[idx]) + F.mse_loss(out, targets[idx])
         opt.zero_grad(set_to_none=True)
@@ -188,13 +195,12 @@ def fit(
     net.eval()
     if kind == "shapes":
         with torch.no_grad():
-            root = ink_moments(images[:n_fit])[0].clamp_min(0).sqrt()
+            root = ink_moments(images[fit_idx])[0].clamp_min(0).sqrt()
             for c in range(len(classes)):
-                sel = labels[:n_fit] == c
+                sel = labels[fit_idx] == c
                 if sel.any():  # scale = g sqrt(mass): least squares through the origin
-                    g = (factors[:n_fit, 0][sel].double() * root[sel]).sum()
+                    g = (factors[fit_idx, 0][sel].double() * root[sel]).sum()
                     net.scale_gain[c] = float(g / (root[sel] ** 2).sum())
-    held = slice(n_fit, n)
     held_factors = None if factors is None else factors[held]
     quality = evaluate(net, images[held], labels[held], values[held], held_factors)
     quality["seconds"] = round(time.perf_counter() - started, 1)
@@ -237,14 +243,20 @@ def load(artifact) -> FeatureNetwork | None:
     entry = artifact.manifest.provenance.get("features")
     if FEATURE_NET not in artifact.manifest.files or not isinstance(entry, dict):
         return None
-    net = FeatureNetwork(
-        entry["classes"],
-        entry.get("kind", "shapes"),
-        entry["image_size"],
-        entry["channels"],
-        entry["base_channels"],
-    )
-    net.load_state_dict(artifact.load_tensors(FEATURE_NET))
+    kind = entry.get("kind")
+    if kind not in KINDS:  # early shapes networks wrote "shapes-regressor", or no kind
+        kind = "shapes" if entry.get("names") == list(NAMES) else "moments"
+    try:
+        net = FeatureNetwork(
+            entry["classes"], kind, entry["image_size"], entry["channels"], entry["base_channels"]
+        )
+        net.load_state_dict(artifact.load_tensors(FEATURE_NET))
+    except (KeyError, TypeError, RuntimeError, InvalidRequest) as e:
+        raise InvalidRequest(
+            "model",
+            f"{artifact.path}: its feature network does not load ({str(e).splitlines()[0]}); "
+            "retrain, or train with --feature-steps 0 for none",
+        ) from None
     net.eval().requires_grad_(False)
     return net
 
@@ -271,7 +283,7 @@ def feature_sets(artifact) -> tuple[FeatureSet, FeatureSet]:
     def discover(images, names=net.names, keep_grad: bool = False, labels=None):
         x, names = checked(images, names)
         with torch.set_grad_enabled(keep_grad):
-            values = net.features(x if keep_grad else x.detach(), names)
+            values = net.features(x if keep_grad else x.detach(), names, labels)
         return {n: v if keep_grad else v.detach() for n, v in values.items()}
 
     learned = FeatureSet(net.names, "feature network (learned)", discover, MOMENTS.defaults)
@@ -284,7 +296,7 @@ def feature_sets(artifact) -> tuple[FeatureSet, FeatureSet]:
             x = x if keep_grad else x.detach()
             values = net.exact(x, labels, [n for n in names if n in LINEAR])
             if "orientation" in names:
-                values |= net.features(x, ("orientation",))
+                values |= net.features(x, ("orientation",), labels)
         return {n: values[n] if keep_grad else values[n].detach() for n in names}
 
     circular = ("orientation",)

@@ -69,6 +69,17 @@ def test_hold_fixed_refuses(hold, word):
     assert e.value.field == "hold"
 
 
+def test_hold_fixed_names_the_hold_when_the_projection_fails():
+    table = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    found = D.Directions("boundary", ["a", "b", "c"], table)
+    with pytest.raises(InvalidRequest, match="linearly dependent") as e:
+        D.hold_fixed(found, ["b", "c"])  # b and c are the same direction
+    assert e.value.field == "hold"
+    with pytest.raises(InvalidRequest, match="span") as e:
+        D.hold_fixed(found, ["b"])  # c lies in b's span: nothing is left of it
+    assert e.value.field == "hold"
+
+
 def test_directions_on_shapes_measure_the_true_factors_and_hold(shapes_model, tmp_path, capsys):
     model = tmp_path / "m"
     shutil.copytree(shapes_model, model)
@@ -119,6 +130,9 @@ def test_shapes_report_correlates_the_true_factors(shapes_model, tmp_path, capsy
         (["--report", "--method", "gradient"], "--method"),
         (["--report", "--hold", "pos_y"], "--hold"),
         (["--method", "gradient", "--lambda", "inf"], "lambda"),
+        (["--features", "scale,pos_y", "--hold", "pos_y,pos_y"], "repeat"),
+        (["--features", "scale,pos_y", "--hold", "pos_y,scale"], "every direction"),
+        (["--report", "--data", "digits"], "data"),  # 10 digit classes, not 4 shapes
         (["--method", "gradient", "--step-size", "nan"], "step-size"),
     ],
 )
@@ -129,3 +143,35 @@ def test_bad_directions_requests_leave_the_model_alone(shapes_model, capsys, ext
     assert len(err) == 1 and word in err[0]
     assert snapshot(shapes_model) == before
     assert json.loads((shapes_model / "manifest.json").read_text())["directions"] == []
+
+
+@pytest.mark.parametrize("kind", ["shapes-regressor", None])
+def test_networks_written_by_earlier_versions_still_load(shapes_model, tiny_model, tmp_path, kind):
+    from ctrlgan.training import feature_net
+
+    for source, names in ((shapes_model, feature_net.NAMES), (tiny_model.artifact.path, None)):
+        model = tmp_path / source.name
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.copytree(source, model)
+        manifest = json.loads((model / "manifest.json").read_text())
+        entry = manifest["provenance"]["features"]
+        if kind is None:
+            del entry["kind"]
+        elif names is not None:
+            entry["kind"] = kind
+        (model / "manifest.json").write_text(json.dumps(manifest))
+        discover, _ = feature_net.feature_sets(Artifact.open(model))
+        assert discover.names == (names or feature_net.FEATURES)
+
+
+def test_a_feature_network_that_does_not_load_is_a_clear_error(shapes_model, tmp_path):
+    from ctrlgan.training import feature_net
+
+    model = tmp_path / "m"
+    shutil.copytree(shapes_model, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["provenance"]["features"]["base_channels"] = 7  # not the shapes of the weights
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidRequest, match="feature network does not load") as e:
+        feature_net.feature_sets(Artifact.open(model))
+    assert e.value.field == "model"
