@@ -46,7 +46,6 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,7 @@ from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.network import ConditionalGenerator
 from ctrlgan.training.data import SHAPE_FACTORS
-from ctrlgan.training.features import FEATURES, check_names, measure
+from ctrlgan.training.features import FEATURES, MOMENTS
 
 FeatureFn = Callable[..., dict[str, torch.Tensor]]  # (images, labels=None) -> {name: [B]}
 METHODS = ("boundary", "closed-form", "gradient")
@@ -166,8 +165,8 @@ def closed_form_directions(generator: ConditionalGenerator, k: int) -> Direction
 
 def differentiable_features(names=FEATURES) -> FeatureFn:
     """features.py's measures (thickness, slant, size, pos_x, pos_y) with the gradient kept:
-    images [B, C, H, W] tensor -> {name: float32 [B]}."""
-    return partial(measure, names=check_names(names), keep_grad=True)
+    images [B, C, H, W] tensor -> {name: float32 [B]} (``MOMENTS.fn`` with keep_grad)."""
+    return MOMENTS.fn(names, keep_grad=True)
 
 
 def gradient_directions(

@@ -89,8 +89,9 @@ def measure(
 
 
 def feature_fn(names=FEATURES):
-    """``measure`` bound to ``names``: the images -> {name: [B]} callable direction search takes."""
-    return partial(measure, names=check_names(names))
+    """``measure`` bound to ``names``: the images -> {name: [B]} callable direction search takes
+    (``MOMENTS.fn``)."""
+    return MOMENTS.fn(names)
 
 
 @dataclass(frozen=True)
