@@ -11,8 +11,11 @@
 
 Writes are atomic: the new directory is assembled beside the target, flushed to disk, and
 exchanged with it in one step (Linux renameat2; elsewhere two renames), so a reader sees the
-old artifact or the new one, never a mix. Reads verify the format
-version and every checksum first and raise ArtifactError naming the file on any mismatch.
+old artifact or the new one, never a mix. Reads verify the format version, every checksum and
+the manifest's meaning (Manifest._check: unique class and direction names, the direction
+table's shape, every recorded graph signature against z_dim, classes, directions and image
+shape) and raise ArtifactError naming the file on any mismatch, so an artifact that loads can
+sample. Reading an artifact does not import torch (only build_generator and load_tensors do).
 """
 
 from __future__ import annotations
@@ -22,21 +25,30 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ctrlgan._fs import make_readable
+from ctrlgan._fs import make_readable, naming
+from ctrlgan.architecture import GeneratorConfig
 from ctrlgan.errors import ArtifactError, InvalidRequest
-from ctrlgan.network import ConditionalGenerator, GeneratorConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from ctrlgan.network import ConditionalGenerator
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 GENERATOR_WEIGHTS = "generator.safetensors"
 DIRECTIONS = "directions.safetensors"
+GENERATOR_ONNX = "generator.onnx"
+GENERATOR_FP16_ONNX = "generator.fp16.onnx"
+BODY_ONNX = "generator.body.onnx"
 BUNDLED_DIR = Path(__file__).parent / "models"
+MAX_MANIFEST_BYTES = 1 << 24  # 16 MiB: a manifest is a few KB
 
 
 @dataclass
@@ -82,28 +94,99 @@ class Manifest:
         return manifest
 
     def _check(self, path: str) -> None:
+        """The manifest's meaning: every field of the right kind, and the fields consistent
+        with each other and with the graphs' recorded signatures."""
         try:
             config = GeneratorConfig.from_dict(self.generator)
         except (TypeError, ValueError) as e:
             raise ArtifactError(path, f"generator: {e}") from None
         expected = [config.channels, config.image_size, config.image_size]
-        if list(self.image_shape) != expected:
+        if not isinstance(self.image_shape, list) or self.image_shape != expected:
             raise ArtifactError(path, f"image_shape {self.image_shape} != generator's {expected}")
-        if self.z_dim != config.z_dim or len(self.classes) != config.n_classes:
-            raise ArtifactError(path, "z_dim or classes disagree with the generator config")
+        _names(self.classes, "classes", path)
+        _names(self.directions, "directions", path)
+        if type(self.z_dim) is not int or self.z_dim != config.z_dim:
+            raise ArtifactError(path, "z_dim disagrees with the generator config")
+        if len(self.classes) != config.n_classes:
+            raise ArtifactError(
+                path, f"{len(self.classes)} classes, the generator config has {config.n_classes}"
+            )
         if self.embedding != config.embedding:
             raise ArtifactError(path, "embedding disagrees with the generator config")
-        if not all(isinstance(v, str) and len(v) == 64 for v in self.files.values()):
+        if not isinstance(self.files, dict) or not all(
+            isinstance(v, str) and len(v) == 64 for v in self.files.values()
+        ):
             raise ArtifactError(path, "files must map file names to sha256 hex digests")
-        if not isinstance(self.onnx, dict):
+        if not isinstance(self.provenance, dict):
+            raise ArtifactError(path, "provenance must be an object")
+        if bool(self.directions) != (DIRECTIONS in self.files):
+            raise ArtifactError(
+                path,
+                f"directions: names {self.directions} but {DIRECTIONS} is "
+                f"{'listed' if DIRECTIONS in self.files else 'not listed'} in files",
+            )
+        if not isinstance(self.onnx, dict) or not all(
+            isinstance(v, dict) for v in self.onnx.values()
+        ):
             raise ArtifactError(path, "onnx must map ONNX file names to their signatures")
         unsigned = [n for n in self.files if n.endswith(".onnx") and n not in self.onnx]
         if unsigned:
             raise ArtifactError(path, f"onnx: no signature recorded for {', '.join(unsigned)}")
+        for name, sig in self.onnx.items():
+            expected = self._signature(name, config)
+            if expected is not None:
+                found = [sig.get("inputs"), sig.get("outputs")]
+                if found != expected:
+                    raise ArtifactError(
+                        path,
+                        f"onnx: {name} is recorded as {found}; this manifest (z_dim "
+                        f"{self.z_dim}, {len(self.classes)} classes, {len(self.directions)} "
+                        f"directions, image {self.image_shape}) implies {expected}",
+                    )
+
+    def _signature(self, name: str, config: GeneratorConfig) -> list | None:
+        """The inputs and outputs a graph of this manifest must have (None: not a graph of
+        ours, e.g. a user's extra file)."""
+        image = [["image", "float", ["batch", *self.image_shape]]]
+        if name == BODY_ONNX:
+            return [[["latent", "float", ["batch", config.latent_dim]]], image]
+        if name not in (GENERATOR_ONNX, GENERATOR_FP16_ONNX):
+            return None
+        z, k = self.z_dim, len(self.directions)
+        inputs = [
+            ["z_a", "float", ["batch", z]], ["z_b", "float", ["batch", z]],
+            ["t", "float", ["batch"]], ["class_a", "int64", ["batch"]],
+            ["class_b", "int64", ["batch"]], ["s", "float", ["batch"]],
+            ["alpha", "float", ["batch", k]],
+        ]  # fmt: skip
+        return [inputs, image]
 
     @property
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig.from_dict(self.generator)
+
+
+def _names(value, field_name: str, path: str) -> None:
+    """A list of distinct, non-empty strings."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ArtifactError(path, f"{field_name} must be a list of non-empty names")
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+        raise ArtifactError(path, f"{field_name}: repeated name(s) {', '.join(repeated)}")
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """The tensor shapes a safetensors file declares, read from its JSON header alone (8-byte
+    little-endian length, then the header): no torch, no tensor data read."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > MAX_MANIFEST_BYTES:
+                raise ValueError(f"header of {length} bytes")
+            header = json.loads(f.read(length))
+        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, struct.error, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ArtifactError(str(path), f"unreadable safetensors header ({e})") from None
 
 
 def sha256_file(path: Path) -> str:
@@ -146,6 +229,8 @@ class Artifact:
     def open(cls, name_or_path: str | os.PathLike, verify: bool = True) -> Artifact:
         path = resolve(name_or_path)
         try:
+            if (path / MANIFEST).stat().st_size > MAX_MANIFEST_BYTES:
+                raise ArtifactError(str(path / MANIFEST), "is too large to be a manifest")
             text = (path / MANIFEST).read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise ArtifactError(str(path / MANIFEST), f"cannot be read ({e})") from None
@@ -158,16 +243,28 @@ class Artifact:
         return artifact
 
     def verify(self) -> None:
-        """Check that every file the manifest lists exists and has its recorded sha256."""
+        """Check that every file the manifest lists exists and has its recorded sha256, and
+        that the direction table has the shape the manifest implies."""
         for name, digest in sorted(self.manifest.files.items()):
             file = self.path / name
-            if Path(name).name != name:
+            if not name or Path(name).name != name or name in (".", ".."):
                 raise ArtifactError(str(self.path / MANIFEST), f"bad file name {name!r}")
             if not file.is_file():
                 raise ArtifactError(str(file), "missing (listed in the manifest)")
             if sha256_file(file) != digest:
                 raise ArtifactError(
                     str(file), "checksum mismatch: the file was modified or truncated"
+                )
+        m = self.manifest
+        if m.directions:
+            shapes = safetensors_shapes(self.path / DIRECTIONS)
+            K, Z, C = len(m.directions), m.z_dim, len(m.classes)
+            shape = shapes.get("directions")
+            if shape not in ([K, Z], [C, K, Z]):
+                raise ArtifactError(
+                    str(self.path / DIRECTIONS),
+                    f"directions table of shape {shape}; the manifest's {K} direction(s) "
+                    f"imply {[K, Z]} or per class {[C, K, Z]}",
                 )
 
     def file(self, name: str) -> Path:
@@ -186,6 +283,8 @@ class Artifact:
 
     def build_generator(self) -> ConditionalGenerator:
         """The generator module in eval mode, weights loaded and checked against the config."""
+        from ctrlgan.network import ConditionalGenerator
+
         generator = ConditionalGenerator(self.manifest.generator_config)
         state = self.load_tensors(GENERATOR_WEIGHTS)
         try:
@@ -215,7 +314,7 @@ def write_artifact(
     direction table change (they bake both in: re-export).
     The manifest's ``files`` is recomputed from what is written.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -228,33 +327,40 @@ def write_artifact(
     except OSError as e:
         raise InvalidRequest("out", f"cannot write to {str(parent)!r} ({e.strerror})") from None
     try:
-        written: dict[str, str] = {}
-        for name, state in tensors.items():
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / name)
-            written[name] = sha256_file(tmp / name)
-        for name, data in (files or {}).items():
-            (tmp / name).write_bytes(data)
-            written[name] = sha256_file(tmp / name)
-        # Exported graphs bake in the weights and the direction table: new ones make them stale.
-        stale = {GENERATOR_WEIGHTS, DIRECTIONS} & set(written)
-        if keep and (path / MANIFEST).is_file():
-            old = Artifact.open(path)
-            for name, digest in old.manifest.files.items():
-                if stale and name.endswith(".onnx"):
-                    continue
-                if name not in written and name in manifest.files:
-                    shutil.copy2(path / name, tmp / name)
-                    written[name] = digest
-        manifest.files = dict(sorted(written.items()))
-        manifest.onnx = {k: v for k, v in sorted(manifest.onnx.items()) if k in manifest.files}
-        manifest._check(str(tmp / MANIFEST))
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        make_readable(tmp)
-        _swap_in(tmp, path)
+        with naming(path):  # a full disk: one error naming the artifact, not the temporary
+            _assemble(path, tmp, manifest, tensors, files or {}, keep, save)
+            _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Artifact.open(path)
+
+
+def _assemble(path: Path, tmp: Path, manifest: Manifest, tensors, files, keep, save) -> None:
+    """Write the new artifact's files and manifest into ``tmp`` (see write_artifact)."""
+    written: dict[str, str] = {}
+    for name, state in tensors.items():
+        data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+        (tmp / name).write_bytes(data)
+        written[name] = sha256_file(tmp / name)
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+        written[name] = sha256_file(tmp / name)
+    # Exported graphs bake in the weights and the direction table: new ones make them stale.
+    stale = {GENERATOR_WEIGHTS, DIRECTIONS} & set(written)
+    if keep and (path / MANIFEST).is_file():
+        old = Artifact.open(path)
+        for name, digest in old.manifest.files.items():
+            if stale and name.endswith(".onnx"):
+                continue
+            if name not in written and name in manifest.files:
+                shutil.copy2(path / name, tmp / name)
+                written[name] = digest
+    manifest.files = dict(sorted(written.items()))
+    manifest.onnx = {k: v for k, v in sorted(manifest.onnx.items()) if k in manifest.files}
+    manifest._check(str(tmp / MANIFEST))
+    (tmp / MANIFEST).write_text(manifest.to_json())
+    make_readable(tmp)
 
 
 def _swap_in(tmp: Path, path: Path) -> None:

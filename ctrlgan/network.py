@@ -13,62 +13,12 @@ s0 = 7 for 28-pixel images and 4 otherwise; supported sizes: 16, 28, 32, 64.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-IMAGE_SIZES = (16, 28, 32, 64)
-EMBEDDINGS = ("onehot", "learned")
+from ctrlgan.architecture import EMBEDDINGS, IMAGE_SIZES, GeneratorConfig, stages
 
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    z_dim: int
-    n_classes: int
-    image_size: int = 16
-    channels: int = 1
-    base_channels: int = 64
-    embedding: str = "onehot"
-    embed_dim: int = 0  # learned embeddings only; one-hot uses n_classes
-
-    def __post_init__(self):
-        # Plain ValueErrors: configs come from the CLI (already validated) or a manifest
-        # (whose loader turns this into an ArtifactError).
-        if self.image_size not in IMAGE_SIZES:
-            raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size}")
-        if self.embedding not in EMBEDDINGS:
-            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
-        if self.embedding == "learned" and self.embed_dim < 1:
-            raise ValueError("embed_dim must be >= 1 for a learned embedding")
-        for name in ("z_dim", "n_classes", "channels", "base_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def latent_dim(self) -> int:
-        """Width of the generator's input x = concat(z, y)."""
-        return self.z_dim + self.class_dim
-
-    @property
-    def class_dim(self) -> int:
-        return self.n_classes if self.embedding == "onehot" else self.embed_dim
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GeneratorConfig:
-        return cls(**d)
-
-
-def _stages(image_size: int) -> tuple[int, int]:
-    """Start size s0 and the number of doublings from s0 to the image size."""
-    s0 = 7 if image_size == 28 else 4
-    n, s = 0, s0
-    while s < image_size:
-        s, n = s * 2, n + 1
-    return s0, n
+__all__ = ["EMBEDDINGS", "IMAGE_SIZES", "ConditionalGenerator", "GeneratorConfig", "stages"]
 
 
 class ConditionalGenerator(nn.Module):
@@ -77,7 +27,7 @@ class ConditionalGenerator(nn.Module):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.config = config
-        s0, n_up = _stages(config.image_size)
+        s0, n_up = stages(config.image_size)
         ch = config.base_channels * 2 ** (n_up - 1)
         self.s0, self.ch0 = s0, ch
         if config.embedding == "learned":

@@ -17,14 +17,18 @@ import numpy as np
 import onnx
 import torch
 
-from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
+from ctrlgan.artifact import (
+    BODY_ONNX,
+    DIRECTIONS,
+    GENERATOR_FP16_ONNX,
+    GENERATOR_ONNX,
+    Artifact,
+    write_artifact,
+)
 from ctrlgan.errors import ArtifactError
 from ctrlgan.export import graph
 from ctrlgan.kernels import reference
 
-GENERATOR_ONNX = "generator.onnx"
-GENERATOR_FP16_ONNX = "generator.fp16.onnx"
-BODY_ONNX = "generator.body.onnx"
 ONNX_FILES = (GENERATOR_ONNX, GENERATOR_FP16_ONNX, BODY_ONNX)
 TOLERANCE = {GENERATOR_ONNX: 1e-4, GENERATOR_FP16_ONNX: 2e-2, BODY_ONNX: 1e-4}
 CHECK_BATCHES = (1, 7, 256)

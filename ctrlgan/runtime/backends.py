@@ -25,20 +25,18 @@ float16 rounding across buckets.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 
 import numpy as np
-import torch
 
-from ctrlgan.artifact import Artifact
+from ctrlgan.artifact import GENERATOR_ONNX, Artifact
 from ctrlgan.errors import BackendUnavailable
-from ctrlgan.kernels import reference
-from ctrlgan.runtime import philox
+from ctrlgan.kernels.contract import SLERP_EPS
+from ctrlgan.runtime import cuda, philox
 from ctrlgan.runtime.request import Rows
 
 NAMES = ("torch", "onnxruntime", "triton")
+HOST_CHUNK = 1024  # rows per host backend call, bounding memory for large requests
 
 
 def host_latents(rows: Rows, z_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,10 +46,34 @@ def host_latents(rows: Rows, z_dim: int) -> tuple[np.ndarray, np.ndarray, np.nda
         return z_a, z_a, _zeros(len(rows))
     z_b = philox.normal(rows.seeds_b, z_dim, rows.truncation)
     if rows.method == "slerp":
-        ta, tb, tt = (torch.from_numpy(v) for v in (z_a, z_b, rows.t))
-        z_a = reference.slerp(ta, tb, tt).numpy()
+        z_a = slerp(z_a, z_b, rows.t)
         return z_a, z_a, _zeros(len(rows))
     return z_a, z_b, rows.t
+
+
+def slerp(z_a: np.ndarray, z_b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """kernels.reference.slerp in numpy float32, step for step (tested against it): spherical
+    interpolation of directions, linear interpolation of norms; the angle from the chords."""
+    f32 = np.float32
+    t = t.reshape(-1, 1).astype(f32)
+    na = np.linalg.norm(z_a, axis=1, keepdims=True).astype(f32)
+    nb = np.linalg.norm(z_b, axis=1, keepdims=True).astype(f32)
+    safe_a, safe_b = np.where(na > 0, na, f32(1)), np.where(nb > 0, nb, f32(1))
+    ua, ub = z_a / safe_a, z_b / safe_b
+    dm = np.linalg.norm(ua - ub, axis=1, keepdims=True).astype(f32)
+    dp = np.linalg.norm(ua + ub, axis=1, keepdims=True).astype(f32)
+    omega = np.where(
+        dm <= dp,
+        f32(2) * np.arcsin(np.minimum(dm / f32(2), f32(1))),
+        f32(np.pi) - f32(2) * np.arcsin(np.minimum(dp / f32(2), f32(1))),
+    ).astype(f32)
+    degenerate = (dm * dp / f32(2) < f32(SLERP_EPS)) | (na == 0) | (nb == 0)
+    safe_sin = np.where(degenerate, f32(1), np.sin(omega)).astype(f32)
+    n_t = (f32(1) - t) * na + t * nb
+    ca = np.sin((f32(1) - t) * omega) / safe_sin * (n_t / safe_a)
+    cb = np.sin(t * omega) / safe_sin * (n_t / safe_b)
+    lerped = (f32(1) - t) * z_a + t * z_b
+    return np.where(degenerate, lerped, ca * z_a + cb * z_b).astype(f32)
 
 
 @functools.lru_cache(maxsize=64)
@@ -62,68 +84,11 @@ def _zeros(n: int) -> np.ndarray:
     return z
 
 
-_onednn_lock = threading.Lock()
-_onednn_users = 0
-_onednn_saved = True
-
-
-@contextlib.contextmanager
-def _without_onednn():
-    """oneDNN off for the duration (process-wide: torch has no per-thread switch); reference
-    counted, so concurrent calls restore the caller's setting only when the last one leaves."""
-    global _onednn_users, _onednn_saved
-    with _onednn_lock:
-        if _onednn_users == 0:
-            _onednn_saved = torch.backends.mkldnn.set_flags(_enabled=False, _fp32_precision=None)[0]
-        _onednn_users += 1
-    try:
-        yield
-    finally:
-        with _onednn_lock:
-            _onednn_users -= 1
-            if _onednn_users == 0:
-                torch.backends.mkldnn.set_flags(_enabled=_onednn_saved, _fp32_precision=None)
-
-
-HOST_CHUNK = 1024  # rows per host backend call, bounding memory for large requests
-
-
-class TorchBackend:
-    name = "torch"
-    chunk = HOST_CHUNK
-
-    def __init__(self, artifact: Artifact, device: torch.device):
-        self.device = device
-        self.net = artifact.build_generator().to(device)
-        self.table = self.net.class_table().detach().float()
-        self.directions = _directions(artifact, device)
-
-    def __call__(self, rows: Rows) -> np.ndarray:
-        z_a, z_b, t = host_latents(rows, self.net.config.z_dim)
-        dev = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.device)
-        steer = {}
-        if self.directions is not None:
-            steer = {"alpha": dev(rows.alpha), "directions": self.directions}
-        cpu = self.device.type == "cpu"
-        with torch.inference_mode(), _without_onednn() if cpu else contextlib.nullcontext():
-            x = reference.latent_prologue(
-                z_a=dev(z_a), z_b=dev(z_b), t=dev(t), class_a=dev(rows.class_a),
-                class_b=dev(rows.class_b), s=dev(rows.s), table=self.table, **steer,
-            )  # fmt: skip
-            fc = self.net.fc
-            n = x.shape[0]
-            h = torch.baddbmm(
-                fc.bias.expand(n, 1, -1), x[:, None, :], fc.weight.t().expand(n, -1, -1)
-            )[:, 0]
-            return self.net.body_after_fc(h).cpu().numpy()
-
-
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     chunk = HOST_CHUNK
 
-    def __init__(self, artifact: Artifact, device: torch.device, threads: int = 0):
-        from ctrlgan.export.onnx import GENERATOR_ONNX
+    def __init__(self, artifact: Artifact, device: str, threads: int = 0):
         from ctrlgan.runtime.ort import OrtSession
 
         if GENERATOR_ONNX not in artifact.manifest.files:
@@ -131,7 +96,7 @@ class OnnxRuntimeBackend:
                 f"onnxruntime: {artifact.path} has no {GENERATOR_ONNX}; run `ctrlgan export`"
             )
         self.z_dim = artifact.manifest.z_dim
-        self.session = OrtSession.open(artifact, device=device.type, intra_op_threads=threads)
+        self.session = OrtSession.open(artifact, device=device, intra_op_threads=threads)
 
     def feeds(self, rows: Rows) -> dict[str, np.ndarray]:
         z_a, z_b, t = host_latents(rows, self.z_dim)
@@ -144,69 +109,25 @@ class OnnxRuntimeBackend:
         return self.session.run(self.feeds(rows))
 
 
-class TritonBackend:
-    name = "triton"
+def create(name: str, artifact: Artifact, device: str, threads: int = 0, max_batch: int = 1):
+    """Build backend ``name`` on ``device`` ("cpu" or "cuda"); torch is imported only for the
+    torch and triton backends."""
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(artifact, device, threads)
+    from ctrlgan.runtime import torch_backends
 
-    def __init__(self, artifact: Artifact, device: torch.device, max_batch: int):
-        if device.type != "cuda" or not torch.cuda.is_available():
-            raise BackendUnavailable("triton: needs a CUDA device (none is usable here)")
-        from ctrlgan.runtime.graphs import CudaGraphBody
-
-        self.artifact = artifact
-        self.device = device
-        self.net = artifact.build_generator().to(device)
-        self.z_dim = artifact.manifest.z_dim
-        self.table = self.net.class_table().detach().float().contiguous()
-        self.onehot = artifact.manifest.embedding == "onehot"
-        self.directions = _directions(artifact, device)
-        self.body = CudaGraphBody(self.net, max_batch, device)
-        self.chunk = max_batch  # the largest bucket: one graph replay per call
-        # One call at a time: calls of a bucket share its static buffers, and a capture must
-        # not see other CUDA work.
-        self._lock = threading.Lock()
-
-    def __call__(self, rows: Rows) -> np.ndarray:
-        from ctrlgan.kernels import latent
-
-        n = len(rows)
-        dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
-        kw = {
-            "seed_a": dev(rows.seeds.view(np.int64)), "z_dim": self.z_dim,
-            "class_a": dev(rows.class_a), "class_b": dev(rows.class_b), "s": dev(rows.s),
-        }  # fmt: skip
-        if rows.truncation is not None:
-            kw["truncation"] = rows.truncation
-        if rows.t is not None:
-            kw |= {
-                "seed_b": dev(rows.seeds_b.view(np.int64)),
-                "t": dev(rows.t),
-                "method": rows.method,
-            }
-        if self.directions is not None:
-            kw |= {"alpha": dev(rows.alpha), "directions": self.directions}
-        embed = {"n_classes": self.table.shape[0]} if self.onehot else {"table": self.table}
-        with self._lock:
-            latent_buf = self.body.latent_buffer(n)
-            latent.latent_prologue(out=latent_buf, out_dtype=latent_buf.dtype, **kw, **embed)
-            image = self.body.run(n).float()  # a copy: the next replay overwrites the output
-        return np.ascontiguousarray(image.cpu().numpy())  # NCHW order (the body is NHWC)
+    if name == "torch":
+        return torch_backends.TorchBackend(artifact, device)
+    # buckets up to 16k rows: beyond that a graph's activations cost GBs for no gain
+    return torch_backends.TritonBackend(artifact, device, min(max_batch, 16384))
 
 
-def _directions(artifact: Artifact, device: torch.device) -> torch.Tensor | None:
-    from ctrlgan.export.onnx import steering_table
-
-    table = steering_table(artifact)
-    return None if table is None else table.to(device).contiguous()
-
-
-def usable(name: str, artifact: Artifact, device: torch.device) -> bool:
+def usable(name: str, artifact: Artifact, device: str) -> bool:
     """Whether backend ``name`` can run here for this artifact (without building it)."""
-    from ctrlgan.export.onnx import GENERATOR_ONNX
-
     if name == "torch":
         return True
     if name == "onnxruntime":
         from ctrlgan.runtime.ort import cuda_usable
 
-        return GENERATOR_ONNX in artifact.manifest.files and (device.type == "cpu" or cuda_usable())
-    return device.type == "cuda" and torch.cuda.is_available()
+        return GENERATOR_ONNX in artifact.manifest.files and (device == "cpu" or cuda_usable())
+    return device == "cuda" and cuda.available()

@@ -27,7 +27,10 @@ The contract:
   TimeoutError then (a timer thread watches deadlines while the worker computes) and is never
   run; once its batch has started it runs to the end.
 - Cancelling a queued future (``Future.cancel``, or cancelling the task awaiting ``asample``)
-  drops the request before it runs.
+  drops the request at once, frees its queue room, and notifies ``concurrent.futures.wait``
+  and ``as_completed`` (the future goes to CANCELLED_AND_NOTIFIED, as an executor's would).
+  Every future is claimed exactly once (``_claim``): by the worker that runs it, the timer
+  that expires it, a close that drops it, or its own cancellation.
 - ``close(wait=True)`` stops accepting requests, runs everything already queued, waits for
   the worker to finish. ``close(wait=False)`` stops accepting, fails every queued request
   with Overloaded and returns at once (a batch already computing still delivers). After close,
@@ -45,7 +48,6 @@ spread out in time; set it per deployment.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import heapq
@@ -85,6 +87,7 @@ class _Request:
     arrived: float  # time.monotonic()
     deadline: float | None
     queued: bool = True
+    claimed: bool = False  # set_running_or_notify_cancel was called (see _claim)
 
 
 class BatchingGenerator:
@@ -116,6 +119,7 @@ class BatchingGenerator:
         # One lock guards everything below; the worker and the timer wait on their own
         # conditions of it. Futures are resolved outside the lock: their callbacks may submit.
         self._lock = threading.Lock()
+        self._claim_lock = threading.Lock()  # taken after self._lock, never before it
         self._work = threading.Condition(self._lock)
         self._tick = threading.Condition(self._lock)
         self._queue: collections.deque[_Request] = collections.deque()
@@ -169,6 +173,7 @@ class BatchingGenerator:
             )
         now = time.monotonic()
         req = _Request(rows, output, Future(), now, None if timeout is None else now + timeout)
+        req.future.add_done_callback(lambda _, req=req: self._on_done(req))
         with self._lock:
             if self._closed:
                 self._counts["rejected"] += 1
@@ -241,6 +246,8 @@ class BatchingGenerator:
         timeout: float | None = None,
     ):
         """``submit(...)`` awaited from asyncio without blocking the event loop."""
+        import asyncio  # here, not at the top: 25 ms of every cold start otherwise
+
         future = self.submit(
             classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation,
             output=output, timeout=timeout,
@@ -257,7 +264,7 @@ class BatchingGenerator:
             self._tick.notify_all()
         error = Overloaded("the batcher was closed before this request ran")
         for req in dropped:
-            if req.future.set_running_or_notify_cancel():
+            if self._claim(req):
                 req.future.set_exception(error)
         # From a future's callback (run by the worker or the timer) there is nothing to wait
         # for that does not wait for this very thread: return, the work still completes.
@@ -299,7 +306,7 @@ class BatchingGenerator:
                 dropped = self._drain()
                 self._tick.notify_all()
             for req in dropped:
-                if req.future.set_running_or_notify_cancel():
+                if self._claim(req):
                     req.future.set_exception(Overloaded(f"the batcher's worker stopped: {error!r}"))
             raise
 
@@ -319,7 +326,9 @@ class BatchingGenerator:
         """Under the lock: wait for work, then take one batch (None: closed and drained)."""
         while True:
             while self._queue and self._queue[0].future.cancelled():
-                self._unqueue(self._queue.popleft())
+                req = self._queue.popleft()
+                self._unqueue(req)
+                self._claim(req)
             if not self._queue:
                 if self._closed:
                     return None, []
@@ -348,7 +357,7 @@ class BatchingGenerator:
             self._unqueue(req)
             if req.deadline is not None and now >= req.deadline:
                 expired.append(req)
-            elif req.future.set_running_or_notify_cancel():  # False: cancelled, drop it
+            elif self._claim(req):  # False: cancelled, drop it
                 batch.append(req)
                 total += size
         self._queue.extendleft(reversed(skipped))
@@ -420,12 +429,35 @@ class BatchingGenerator:
         if not self._queued_by_key[key]:
             del self._queued_by_key[key]
 
+    def _claim(self, req: _Request) -> bool:
+        """Call the future's set_running_or_notify_cancel, once in its life (a second call
+        raises): True if it is now RUNNING and ours to resolve, False if it was cancelled (and
+        its waiters are now notified) or claimed before."""
+        with self._claim_lock:
+            if req.claimed:
+                return False
+            req.claimed = True
+            return req.future.set_running_or_notify_cancel()
+
+    def _on_done(self, req: _Request) -> None:
+        """Every future's done callback: a cancelled one leaves the queue now, its room freed,
+        and is claimed so that wait() and as_completed() see it (otherwise they would wait
+        until the worker reached it)."""
+        if not req.future.cancelled():
+            return
+        with self._lock:
+            if req.queued:
+                self._queue.remove(req)
+                self._unqueue(req)
+        self._claim(req)
+
     def _drop_cancelled(self) -> None:
         """Under the lock: remove cancelled requests from the queue, freeing their room."""
         cancelled = [req for req in self._queue if req.future.cancelled()]
         for req in cancelled:
             self._queue.remove(req)
             self._unqueue(req)
+            self._claim(req)
 
     def _drain(self) -> list[_Request]:
         """Under the lock: every queued request, removed from the queue."""
@@ -440,7 +472,7 @@ class BatchingGenerator:
             return
         timed_out = 0
         for req in expired:
-            if req.future.set_running_or_notify_cancel():
+            if self._claim(req):
                 waited = time.monotonic() - req.arrived
                 req.future.set_exception(
                     TimeoutError(f"request timed out after {waited:.3f} s in the queue")

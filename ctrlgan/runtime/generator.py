@@ -15,12 +15,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 
 from ctrlgan.artifact import Artifact
 from ctrlgan.errors import BackendUnavailable, InvalidRequest
 from ctrlgan.images import to_uint8
-from ctrlgan.runtime import backends, philox, request
+from ctrlgan.runtime import backends, cuda, philox, request, validate
 from ctrlgan.runtime.request import Rows
 
 BACKENDS = ("auto", *backends.NAMES)
@@ -41,20 +40,17 @@ class Generator:
         max_batch: int = DEFAULT_MAX_BATCH,
         threads: int = 0,
     ):
-        if backend not in BACKENDS:
-            raise InvalidRequest(
-                "backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}"
-            )
-        if device not in (None, "cpu", "cuda"):
-            raise InvalidRequest("device", f"must be None, 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
+        backend = validate.choice(backend, "backend", BACKENDS)
+        if device is not None:
+            device = validate.choice(device, "device", ("cpu", "cuda"))
+        max_batch = validate.integer(max_batch, "max_batch", 1, validate.MAX_BATCH)
+        threads = validate.threads(threads)
+        if device == "cuda" and not cuda.available():
             raise BackendUnavailable("device 'cuda' requested but no CUDA device is usable here")
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-            raise InvalidRequest("max_batch", f"must be an int >= 1, got {max_batch!r}")
         if device is None:
-            cuda = torch.cuda.is_available() and backend in ("auto", "triton")
-            device = "cuda" if cuda else "cpu"
-        self.device = torch.device(device)
+            on_cuda = backend in ("auto", "triton") and cuda.available()
+            device = "cuda" if on_cuda else "cpu"
+        self.device = device  # "cpu" or "cuda"
         if backend == "auto":
             backend = next(
                 b for b in ("triton", "onnxruntime", "torch")
@@ -63,13 +59,7 @@ class Generator:
         self.artifact = artifact
         self.manifest = artifact.manifest
         self.max_batch = max_batch
-        if backend == "torch":
-            self._backend = backends.TorchBackend(artifact, self.device)
-        elif backend == "onnxruntime":
-            self._backend = backends.OnnxRuntimeBackend(artifact, self.device, threads)
-        else:
-            # buckets up to 16k rows: beyond that a graph's activations cost GBs for no gain
-            self._backend = backends.TritonBackend(artifact, self.device, min(max_batch, 16384))
+        self._backend = backends.create(backend, artifact, device, threads, max_batch)
         self.backend = backend
 
     # Metadata ---------------------------------------------------------------------------
@@ -139,16 +129,9 @@ class Generator:
         keeps the start's class; "class" keeps the start's noise and moves only the class mix.
         """
         check_output(output)
-        if method not in METHODS:
-            raise InvalidRequest("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
-        if not isinstance(vary, str) or vary not in VARIES:
-            raise InvalidRequest("vary", f"must be one of {', '.join(VARIES)}, got {vary!r}")
-        if (
-            not isinstance(steps, int)
-            or isinstance(steps, bool)
-            or not 2 <= steps <= self.max_batch
-        ):
-            raise InvalidRequest("steps", f"must be an int in 2..{self.max_batch}, got {steps!r}")
+        validate.choice(method, "method", METHODS)
+        validate.choice(vary, "vary", VARIES)
+        steps = validate.integer(steps, "steps", 2, self.max_batch)
         (seed_a, class_a), (seed_b, class_b) = (
             _endpoint(p, name, self.classes) for p, name in ((start, "start"), (end, "end"))
         )
@@ -182,17 +165,14 @@ class Generator:
     ):
         """One seed and class stepped along one feature's direction, one image per alpha."""
         check_output(output)
-        if feature not in self.features:
+        if not isinstance(feature, str) or feature not in self.features:
             known = ", ".join(self.features) or "none: this model has no direction table"
-            raise InvalidRequest("feature", f"unknown feature {feature!r}; known: {known}")
-        values = np.asarray(alphas, dtype=np.float64) if not isinstance(alphas, str) else None
-        if values is None or values.ndim != 1 or len(values) == 0:
-            raise InvalidRequest("alphas", "must be a non-empty list of numbers")
-        if not np.isfinite(values).all():
-            raise InvalidRequest("alphas", "must be finite (no NaN or inf)")
-        if np.abs(values).max() > request.MAX_ALPHA:
-            limit = request.MAX_ALPHA
-            raise InvalidRequest("alphas", f"must lie in [-{limit}, {limit}]")
+            raise InvalidRequest(
+                "feature", f"unknown feature {validate.show(feature)}; known: {known}"
+            )
+        values = validate.reals(alphas, "alphas", bound=request.MAX_ALPHA, limit=self.max_batch)
+        if not validate.is_int(seed) or not 0 <= int(seed) < request.MAX_SEED:
+            raise InvalidRequest("seed", f"must be an int in [0, 2**64), got {validate.show(seed)}")
         return self.sample(
             classes=cls, seeds=[seed] * len(values), steer={feature: values},
             truncation=truncation, output=output,
@@ -203,7 +183,7 @@ class Generator:
         self, classes=None, seeds=None, *, n=None, seed=0, steer=None, truncation=None
     ) -> Rows:
         """Validate a sample request into Rows; raises InvalidRequest naming the field."""
-        spec, scalar = request.parse_classes(classes, self.classes)
+        spec, scalar = request.parse_classes(classes, self.classes, limit=self.max_batch)
         count = None if scalar else len(spec.class_a)
         seed_rows = request.parse_seeds(
             seeds, n, seed, count if count is not None else 1, limit=self.max_batch
@@ -237,8 +217,7 @@ class Generator:
 
 
 def check_output(output: str) -> None:
-    if output not in OUTPUTS:
-        raise InvalidRequest("output", f"must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    validate.choice(output, "output", OUTPUTS)
 
 
 def convert(images: np.ndarray, output: str):
@@ -246,6 +225,8 @@ def convert(images: np.ndarray, output: str):
     if output == "float32":
         return images
     if output == "torch":
+        import torch
+
         return torch.from_numpy(images)
     u8 = to_uint8(images)
     if output == "uint8":
@@ -257,9 +238,11 @@ def convert(images: np.ndarray, output: str):
 
 def _endpoint(point, name: str, classes) -> tuple[int, int]:
     if not isinstance(point, (tuple, list)) or len(point) != 2:
-        raise InvalidRequest(name, f"must be a (seed, class) pair, got {point!r}")
-    seeds = request.parse_seeds([point[0]], None, 0, None)
-    return int(seeds[0]), request.class_index(point[1], classes, name)
+        raise InvalidRequest(name, f"must be a (seed, class) pair, got {validate.show(point)}")
+    seed = point[0]
+    if not validate.is_int(seed) or not 0 <= int(seed) < request.MAX_SEED:
+        raise InvalidRequest(name, f"seed must be an int in [0, 2**64), got {validate.show(seed)}")
+    return int(seed), request.class_index(point[1], classes, name)
 
 
 def load(
@@ -273,8 +256,13 @@ def load(
 
     backend: "auto", "torch", "onnxruntime" or "triton"; device: None (the backend's
     choice), "cpu" or "cuda"; max_batch: the most images one call may ask for; threads: CPU
-    threads of the onnxruntime backend (0: all cores).
+    threads of the onnxruntime backend (0: all cores; at most the machine's cores).
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise InvalidRequest(
+            "model",
+            f"expected a bundled model name or a directory path, got {validate.show(name_or_path)}",
+        )
     return Generator(
         Artifact.open(name_or_path),
         backend=backend,
@@ -285,9 +273,13 @@ def load(
 
 
 def noise(seeds, z_dim: int, truncation: float | None = None) -> np.ndarray:
-    """The noise rows of ``seeds`` by the Philox contract: float32 numpy [len(seeds), z_dim]."""
-    if not isinstance(z_dim, (int, np.integer)) or isinstance(z_dim, bool) or z_dim < 1:
-        raise InvalidRequest("z_dim", f"must be an int >= 1, got {z_dim!r}")
-    values = request.parse_seeds(seeds, None, 0, None)
+    """The noise rows of ``seeds`` by the Philox contract: float32 numpy [len(seeds), z_dim].
+
+    At most validate.MAX_NOISE_VALUES values (seeds x z_dim) in one call.
+    """
+    z_dim = validate.integer(z_dim, "z_dim", 1, validate.MAX_Z_DIM)
+    if seeds is None:
+        raise InvalidRequest("seeds", "required: a list, range or string of seeds")
+    values = request.parse_seeds(seeds, None, 0, None, limit=validate.MAX_NOISE_VALUES // z_dim)
     tau = request.parse_truncation(truncation)
-    return philox.normal(values, int(z_dim), tau)
+    return philox.normal(values, z_dim, tau)

@@ -31,6 +31,13 @@ byte-identical to an uninterrupted one.
 Running the same job on the same DIR continues it (a complete job is verified and left as it
 is); a DIR holding another job (different arguments, model files, backend or version) or
 other files is refused with InvalidRequest, and so is one that another process is writing.
+
+Limits, checked before anything is created or written: at most MAX_JOB_IMAGES images and
+MAX_SHARDS shards (job.json lists every shard and is rewritten after each), a shard of at most
+MAX_SHARD_BYTES of images (it is assembled in memory), and the images still to write must fit
+in the free space of DIR's file system (npz: exactly; png: at a lower bound of PNG_MIN_BYTES
+per image). A write that fails anyway (the disk filled up meanwhile) raises an OSError naming
+the shard or job.json; the job resumes from the last complete shard.
 """
 
 from __future__ import annotations
@@ -52,11 +59,11 @@ from pathlib import Path
 import numpy as np
 
 from ctrlgan import __version__
-from ctrlgan._fs import make_readable
-from ctrlgan.artifact import DIRECTIONS, GENERATOR_WEIGHTS
+from ctrlgan._fs import free_bytes, fsync_path, make_readable, naming, write_atomic
+from ctrlgan.artifact import DIRECTIONS, GENERATOR_ONNX, GENERATOR_WEIGHTS
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.images import to_uint8
-from ctrlgan.runtime import request
+from ctrlgan.runtime import request, validate
 
 JOB_FILE = "job.json"
 JOB_VERSION = 1
@@ -66,6 +73,12 @@ SEED_RULE = "seed of image i of the class at position p in classes: seed + p * p
 _TMP = ".ctrlgan-tmp-"  # prefix of temporary shards and manifests; removed on every start
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp, for every entry
 _MUTABLE = ("model", "shards", "complete")  # job.json fields that are not the job's identity
+MAX_JOB_IMAGES = 10**9
+MAX_SHARDS = 100_000
+MAX_SHARD_BYTES = 1 << 30
+MAX_CLASSES = 10_000  # entries of --classes (a class may be listed more than once)
+NPZ_SHARD_OVERHEAD = 4096  # zip and .npy headers of one shard, rounded up
+PNG_MIN_BYTES = 67  # the smallest possible PNG file: a lower bound per image
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,8 @@ def run_job(
     t0 = time.perf_counter()
     job = _describe(generator, spec)
     out = Path(out_dir)
+    if not (out / JOB_FILE).exists():  # a new job: all of it must fit before DIR is made
+        _check_space(out, job, job["total_images"], job["n_shards"])
     _make_dir(out)
     with _locked(out):
         record = _open_job(out, generator, job)
@@ -131,6 +146,7 @@ def run_job(
             _write_json(out / JOB_FILE, record)
         todo = [k for k, name in enumerate(names) if name not in done]
         spans = {k: (k * spec.shard_size, min((k + 1) * spec.shard_size, total)) for k in todo}
+        _check_space(out, job, sum(b - a for a, b in spans.values()), len(todo))
         bar = tqdm(
             total=total,
             initial=total - sum(stop - start for start, stop in spans.values()),
@@ -209,34 +225,52 @@ def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def _describe(g, spec: JobSpec) -> dict:
     """Check the spec against the generator; the job's identity (job.json less _MUTABLE)."""
-    if spec.format not in FORMATS:
-        raise InvalidRequest("format", f"must be one of {', '.join(FORMATS)}, got {spec.format!r}")
-    for name in ("per_class", "shard_size", "batch_size"):
-        value = getattr(spec, name)
-        if not _is_int(value) or value < 1:
-            raise InvalidRequest(name, f"must be an int >= 1, got {value!r}")
-    if spec.batch_size > g.max_batch:
+    validate.choice(spec.format, "format", FORMATS)
+    per_class = validate.integer(spec.per_class, "per_class", 1, MAX_JOB_IMAGES)
+    shard_size = validate.integer(spec.shard_size, "shard_size", 1, MAX_JOB_IMAGES)
+    batch_size = validate.integer(spec.batch_size, "batch_size", 1)
+    if batch_size > g.max_batch:
         raise InvalidRequest(
-            "batch_size", f"{spec.batch_size} exceeds the generator's batch limit {g.max_batch}"
+            "batch_size", f"{batch_size} exceeds the generator's batch limit {g.max_batch}"
         )
     if isinstance(spec.classes, (str, int)) or not isinstance(spec.classes, Sequence):
         raise InvalidRequest("classes", f"expected a list of classes, got {spec.classes!r}")
-    if not spec.classes:
-        raise InvalidRequest("classes", "empty list")
-    classes = [request.class_index(c, g.classes) for c in spec.classes]
-    total = len(classes) * spec.per_class
-    if not _is_int(spec.seed) or not 0 <= spec.seed <= request.MAX_SEED - total:
+    entries = validate.items(spec.classes, "classes", MAX_CLASSES, what="classes")
+    classes = [request.class_index(c, g.classes) for c in entries]
+    total = len(classes) * per_class
+    if total > MAX_JOB_IMAGES:
         raise InvalidRequest(
-            "seed", f"seeds {spec.seed}..{spec.seed}+{total} must lie in [0, 2**64)"
+            "per_class",
+            f"{len(classes)} classes x {per_class} = {total:,} images exceed the job limit "
+            f"{MAX_JOB_IMAGES:,}",
+        )
+    c, h, w = g.image_shape
+    if shard_size * c * h * w > MAX_SHARD_BYTES:
+        raise InvalidRequest(
+            "shard_size",
+            f"{shard_size:,} images of {h}x{w}x{c} exceed {MAX_SHARD_BYTES >> 20} MiB per shard "
+            "(a shard is assembled in memory)",
+        )
+    n_shards = -(-total // shard_size)
+    if n_shards > MAX_SHARDS:
+        raise InvalidRequest(
+            "shard_size",
+            f"{total:,} images in shards of {shard_size:,} make {n_shards:,} shards, over the "
+            f"limit {MAX_SHARDS:,}: give a larger shard size",
+        )
+    if not _is_int(spec.seed) or not 0 <= spec.seed < request.MAX_SEED:
+        raise InvalidRequest("seed", f"must be an int in [0, 2**64), got {spec.seed!r}")
+    if spec.seed + total > request.MAX_SEED:
+        raise InvalidRequest(
+            "seed", f"seeds {spec.seed}..{spec.seed}+{total - 1} run past 2**64 - 1"
         )
     steer = {}
+    if not isinstance(spec.steer or {}, Mapping):
+        raise InvalidRequest("steer", f"expected a dict of feature -> alpha, got {spec.steer!r}")
     for name, value in dict(spec.steer or {}).items():
-        if not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
-            raise InvalidRequest(f"steer.{name}", f"must be a number, got {value!r}")
-        steer[name] = float(value)
-    # The generator's own checks: unknown features, NaN alphas, a bad truncation.
+        steer[name] = validate.real(value, f"steer.{name}", -request.MAX_ALPHA, request.MAX_ALPHA)
+    # The generator's own checks: unknown features, a bad truncation.
     g.prepare([classes[0]], [int(spec.seed)], steer=steer, truncation=spec.truncation)
-    c, h, w = g.image_shape
     return {
         "job_version": JOB_VERSION,
         "ctrlgan_version": __version__,
@@ -244,17 +278,41 @@ def _describe(g, spec: JobSpec) -> dict:
         "backend": g.backend,
         "class_names": list(g.classes),
         "classes": classes,
-        "per_class": int(spec.per_class),
+        "per_class": per_class,
         "seed": int(spec.seed),
         "seed_rule": SEED_RULE,
         "steer": dict(sorted(steer.items())),
         "truncation": request.parse_truncation(spec.truncation),
         "format": spec.format,
-        "shard_size": int(spec.shard_size),
+        "shard_size": shard_size,
         "image_shape": [h, w, c],
         "total_images": total,
-        "n_shards": -(-total // spec.shard_size),
+        "n_shards": n_shards,
     }
+
+
+def _check_space(out: Path, job: dict, images: int, shards: int) -> None:
+    """Refuse a job whose images cannot fit on the disk (a lower bound for png)."""
+    h, w, c = job["image_shape"]
+    if job["format"] == "npz":
+        need = images * (h * w * c + 16) + shards * NPZ_SHARD_OVERHEAD
+    else:
+        need = images * PNG_MIN_BYTES
+    free = free_bytes(out)
+    if need > free:
+        raise InvalidRequest(
+            "out",
+            f"{images:,} images need {_size(need)} and {out} has {_size(free)} free: free "
+            "space, pick another --out, or make a smaller job",
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} PiB"
 
 
 def _is_int(x) -> bool:
@@ -263,8 +321,6 @@ def _is_int(x) -> bool:
 
 def _model_files(g) -> dict[str, str]:
     """sha256 of the artifact files that make this job's images on this backend."""
-    from ctrlgan.export.onnx import GENERATOR_ONNX
-
     used = [GENERATOR_WEIGHTS, DIRECTIONS]
     if g.backend == "onnxruntime":
         used.append(GENERATOR_ONNX)
@@ -400,65 +456,42 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 
 def _write_shard(out: Path, name: str, fmt: str, images, labels, seeds) -> str:
-    """Write one shard atomically (temporary name, fsync, rename, fsync DIR); its digest."""
+    """Write one shard atomically (temporary name, fsync, rename, fsync DIR); its digest. An
+    OSError (a full disk) names the shard and leaves no temporary behind."""
     target = out / name
     if fmt == "npz":
         data = _npz_bytes({"images": images, "labels": labels, "seeds": seeds})
-        _write_file(target, data)
+        write_atomic(target, data)
         return _sha256(data)
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP, dir=out))
-    try:
-        entries = []
-        rows = ["file,label,seed"]
-        for image, label, seed in zip(images, labels.tolist(), seeds.tolist(), strict=True):
-            file = f"{label}_{seed}.png"
-            data = _png_bytes(image)
-            (tmp / file).write_bytes(data)
-            entries.append((file, _sha256(data)))
-            rows.append(f"{file},{label},{seed}")
-        data = ("\n".join(rows) + "\n").encode()
-        (tmp / LABELS_CSV).write_bytes(data)
-        entries.append((LABELS_CSV, _sha256(data)))
-        make_readable(tmp)
-        for file, _ in entries:  # all written first: far faster than one fsync per write
-            _fsync_path(tmp / file)
-        _fsync_path(tmp)
-        if target.is_dir() and not target.is_symlink():  # an unlisted or altered earlier try
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_path(out)
+    with naming(target):
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP, dir=out))
+        try:
+            entries = []
+            rows = ["file,label,seed"]
+            for image, label, seed in zip(images, labels.tolist(), seeds.tolist(), strict=True):
+                file = f"{label}_{seed}.png"
+                data = _png_bytes(image)
+                (tmp / file).write_bytes(data)
+                entries.append((file, _sha256(data)))
+                rows.append(f"{file},{label},{seed}")
+            data = ("\n".join(rows) + "\n").encode()
+            (tmp / LABELS_CSV).write_bytes(data)
+            entries.append((LABELS_CSV, _sha256(data)))
+            make_readable(tmp)
+            for file, _ in entries:  # all written first: far faster than one fsync per write
+                fsync_path(tmp / file)
+            fsync_path(tmp)
+            if target.is_dir() and not target.is_symlink():  # an unlisted or altered earlier try
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_path(out)
     return _dir_digest(entries)
 
 
 def _write_json(path: Path, record: dict) -> None:
-    _write_file(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` atomically and durably."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        make_readable(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file or directory by name."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())

@@ -1,10 +1,11 @@
 """ONNX Runtime sessions for an exported generator.
 
-``OrtSession.open(artifact)`` verifies the graph against the signature in the manifest, then
-builds a session with every graph optimisation on and the thread counts asked for. The CUDA
-provider is requested only where CUDA is usable (torch sees a device and onnxruntime was built
-with the provider): asking for it elsewhere makes onnxruntime print errors, so a CPU machine gets
-the CPU provider alone and stays quiet.
+``OrtSession.open(artifact)`` builds a session with every graph optimisation on and the thread
+counts asked for, then checks the graph's inputs and outputs (as onnxruntime reads them: no
+onnx or torch import on this path) against the signature in the manifest. The CUDA provider is
+requested only where CUDA is usable (onnxruntime was built with the provider and a device is
+usable: runtime/cuda.py): asking for it elsewhere makes onnxruntime print errors, so a CPU
+machine gets the CPU provider alone and stays quiet.
 
 ``run`` on the CUDA provider goes through an IOBinding: inputs are bound once, and onnxruntime
 writes the image straight into a numpy array allocated here. On the CPU provider the plain
@@ -17,19 +18,27 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
-from ctrlgan.artifact import Artifact
-from ctrlgan.errors import BackendUnavailable, InvalidRequest
-from ctrlgan.export.onnx import GENERATOR_ONNX, verify_signature
+from ctrlgan.artifact import GENERATOR_ONNX, Artifact
+from ctrlgan.errors import ArtifactError, BackendUnavailable, InvalidRequest
+from ctrlgan.runtime import cuda
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+# onnxruntime's type strings -> the element names of the manifest's signatures (onnx's)
+_ELEMENT = {
+    "tensor(float)": "float",
+    "tensor(float16)": "float16",
+    "tensor(double)": "double",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+}
 
 
 def cuda_usable() -> bool:
     """Whether onnxruntime's CUDA provider can run here (not merely whether it is installed)."""
-    return torch.cuda.is_available() and CUDA in ort.get_available_providers()
+    return CUDA in ort.get_available_providers() and cuda.available()
 
 
 def providers_for(device: str) -> list[str]:
@@ -79,8 +88,46 @@ class OrtSession:
     @classmethod
     def open(cls, artifact: Artifact, name: str = GENERATOR_ONNX, **options) -> OrtSession:
         """A session of the artifact's graph ``name``, checked against the manifest first."""
-        model = verify_signature(artifact, name)
-        return cls(model.SerializeToString(), **options)
+        path = artifact.file(name)  # listed, so its checksum was verified on open
+        recorded = artifact.manifest.onnx.get(name)
+        if recorded is None:
+            raise ArtifactError(str(path), "has no signature in the manifest")
+        try:
+            model = path.read_bytes()
+        except OSError as e:
+            raise ArtifactError(str(path), f"cannot be read ({e.strerror})") from None
+        try:
+            session = cls(model, **options)
+        except (InvalidRequest, BackendUnavailable):
+            raise
+        except Exception as e:  # onnxruntime's Fail / InvalidGraph / InvalidProtobuf
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ArtifactError(str(path), f"onnxruntime cannot load it ({first})") from None
+        found = session.signature()
+        expected = {"inputs": recorded.get("inputs"), "outputs": recorded.get("outputs")}
+        if found != expected:
+            raise ArtifactError(
+                str(path), f"signature {found} differs from the manifest's {expected}"
+            )
+        return session
+
+    def signature(self) -> dict:
+        """Inputs and outputs as the manifest records them: [name, element type, dims]."""
+
+        def describe(args) -> list:
+            return [
+                [
+                    a.name,
+                    _ELEMENT.get(a.type, a.type),
+                    [d if d is not None else "?" for d in a.shape],
+                ]
+                for a in args
+            ]
+
+        return {
+            "inputs": describe(self.session.get_inputs()),
+            "outputs": describe(self.session.get_outputs()),
+        }
 
     def _wrapped_run(self, names, feeds, options):
         return self.session.run(names, feeds, options)

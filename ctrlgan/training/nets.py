@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ctrlgan.network import ConditionalGenerator, GeneratorConfig, _stages
+from ctrlgan.network import ConditionalGenerator, GeneratorConfig, stages
 
 __all__ = [
     "ConditionalGenerator",
@@ -45,7 +45,7 @@ def init_weights(module: nn.Module) -> None:
 
 def _conv_trunk(in_ch: int, image_size: int, base: int, norm: bool) -> tuple[nn.Sequential, int]:
     """Stride-2 conv blocks with LeakyReLU(0.2) down to s0 x s0; returns (trunk, out channels)."""
-    _, n_down = _stages(image_size)
+    _, n_down = stages(image_size)
     layers: list[nn.Module] = []
     ch_in, ch = in_ch, base
     for i in range(n_down):
@@ -81,7 +81,7 @@ class Discriminator(nn.Module):
         self.kind, self.n_classes = kind, n_classes
         in_ch = channels + (n_classes if kind == "concat" else 0)
         self.trunk, ch = _conv_trunk(in_ch, image_size, base_channels, norm)
-        s0, _ = _stages(image_size)
+        s0, _ = stages(image_size)
         if kind == "concat":
             self.head = nn.Conv2d(ch, 1, s0)  # s0 x s0 -> 1 x 1
         else:

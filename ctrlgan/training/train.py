@@ -24,28 +24,27 @@ A run directory (--out) holds:
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ctrlgan._fs import make_readable
+from ctrlgan._fs import write_atomic
 from ctrlgan.artifact import GENERATOR_WEIGHTS, Artifact, Manifest, write_artifact
 from ctrlgan.errors import CtrlganError, InvalidRequest
 from ctrlgan.images import save_grid
 from ctrlgan.kernels.reference import noise
-from ctrlgan.network import EMBEDDINGS, IMAGE_SIZES, ConditionalGenerator, GeneratorConfig
+from ctrlgan.network import IMAGE_SIZES, ConditionalGenerator, GeneratorConfig
 from ctrlgan.training import feature_net, losses, metrics
+from ctrlgan.training.config import TrainConfig
 from ctrlgan.training.data import load_dataset
 from ctrlgan.training.disentangle import (
-    SUPERVISED_FACTORS,
     InfoCodes,
     attach_factor_net,
     attach_q_head,
@@ -54,117 +53,10 @@ from ctrlgan.training.disentangle import (
     info_loss,
     regress,
 )
-from ctrlgan.training.nets import DISCRIMINATORS, Discriminator, init_weights
+from ctrlgan.training.nets import Discriminator, init_weights
 
 CHECKPOINT = "checkpoint.safetensors"
 SAMPLE_SEEDS = 8  # columns of the sample grids
-
-
-@dataclass
-class TrainConfig:
-    """Every option of `ctrlgan train`; the defaults train the bundled digits model."""
-
-    data: str = "digits"
-    out: str = "runs/digits"
-    image_size: int | None = None  # None: the data set's own size (digits 16, shapes 32)
-    n_data: int | None = None  # procedural data sets only (shapes)
-    correlate: list = field(default_factory=list)  # shapes: [[factor_a, factor_b, rho], ...]
-    z_dim: int = 64
-    g_channels: int = 64
-    d_channels: int = 64
-    embedding: str = "onehot"
-    embed_dim: int = 16
-    discriminator: str = "concat"
-    loss: str = "bce"
-    steps: int = 4000
-    batch_size: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    d_steps: int = 1
-    gp_weight: float = 10.0
-    seed: int = 0
-    sample_every: int = 500
-    checkpoint_every: int = 500
-    eval_per_class: int = 1000
-    info_codes: int = 0  # InfoGAN: z dims [0, info_codes) are continuous codes (disentangle.py)
-    info_categories: int = 0  # InfoGAN: values of one categorical code in the next z dim (0: none)
-    info_lambda: float = 1.0  # weight of reg_d (InfoGAN or supervised codes)
-    supervised_codes: list = field(default_factory=list)  # shapes: factors in z dims 0..m-1
-    feature_steps: int = 4000  # steps fitting the feature network the artifact ships (0: none)
-    resume: bool = False
-    command: str = ""  # provenance: the command line that started the run
-
-    def validate(self) -> None:
-        positive = ("z_dim", "g_channels", "d_channels", "embed_dim", "steps", "batch_size")
-        positive += ("d_steps", "sample_every", "checkpoint_every")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise InvalidRequest(name, f"must be an integer >= 1, got {getattr(self, name)!r}")
-        if (
-            isinstance(self.feature_steps, bool)
-            or not isinstance(self.feature_steps, int)
-            or (self.feature_steps < 0)
-        ):
-            raise InvalidRequest(
-                "feature_steps", f"must be an integer >= 0, got {self.feature_steps!r}"
-            )
-        if self.eval_per_class < 0:
-            raise InvalidRequest("eval_per_class", "must be >= 0 (0 skips evaluation)")
-        if self.image_size is not None and self.image_size not in IMAGE_SIZES:
-            raise InvalidRequest("image_size", f"must be one of {IMAGE_SIZES}")
-        choices = {"embedding": EMBEDDINGS, "discriminator": DISCRIMINATORS}
-        choices["loss"] = losses.LOSSES
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise InvalidRequest(name, f"must be one of {', '.join(allowed)}")
-        for name in ("lr", "gp_weight"):
-            value = getattr(self, name)
-            if not (value > 0 and value < float("inf")):
-                raise InvalidRequest(name, f"must be a positive number, got {value!r}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise InvalidRequest(name, "must be in [0, 1)")
-        if not 0 <= self.seed < 2**63:
-            raise InvalidRequest("seed", "must be in [0, 2**63)")
-        for name in ("info_codes", "info_categories"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidRequest(name, f"must be an integer >= 0, got {value!r}")
-        if self.info_categories == 1:
-            raise InvalidRequest(
-                "info_categories", "a categorical code needs >= 2 values (0: none)"
-            )
-        n_dims = self.info_codes + (1 if self.info_categories else 0)
-        if n_dims > self.z_dim:
-            raise InvalidRequest(
-                "info_codes", f"{n_dims} code dimensions do not fit in z_dim={self.z_dim}"
-            )
-        sup = self.supervised_codes
-        if not isinstance(sup, (list, tuple)) or not all(isinstance(n, str) for n in sup):
-            raise InvalidRequest("supervised_codes", f"must be a list of names, got {sup!r}")
-        self.supervised_codes = sup = list(sup)  # a tuple would not equal a checkpoint's list
-        unknown = [n for n in sup if n not in SUPERVISED_FACTORS]
-        if unknown or len(set(sup)) != len(sup):
-            raise InvalidRequest(
-                "supervised_codes",
-                f"give distinct names of {', '.join(SUPERVISED_FACTORS)}, got {list(sup)}",
-            )
-        if sup and n_dims:
-            raise InvalidRequest(
-                "supervised_codes", "cannot be combined with info_codes or info_categories"
-            )
-        if len(sup) > self.z_dim:
-            raise InvalidRequest("supervised_codes", f"more codes than z_dim={self.z_dim}")
-        lam = self.info_lambda
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 < lam < float("inf"):
-            raise InvalidRequest("info_lambda", f"must be a positive number, got {lam!r}")
-
-    def info(self) -> InfoCodes | None:
-        """The InfoGAN codes of this run, or None (plain GAN training)."""
-        if not self.info_codes and not self.info_categories:
-            return None
-        return InfoCodes(self.info_codes, self.info_categories)
 
 
 # Options that may change when a run is resumed; all others must match the checkpoint.
@@ -449,7 +341,7 @@ def _progress(enabled: bool, total: int, initial: int):
 
 
 def _save_checkpoint(path: Path, step, seconds, config, G, D, opt_g, opt_d) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {}
     groups = {}
@@ -463,18 +355,11 @@ def _save_checkpoint(path: Path, step, seconds, config, G, D, opt_g, opt_d) -> N
             for k, v in entries.items():
                 tensors[f"{prefix}.{index}.{k}"] = v
     header = {"step": step, "seconds": seconds, "config": asdict(config), "param_groups": groups}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(
-            {k: v.detach().contiguous() for k, v in tensors.items()},
-            tmp,
-            metadata={"ctrlgan": json.dumps(header)},
-        )
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    data = save(
+        {k: v.detach().contiguous() for k, v in tensors.items()},
+        metadata={"ctrlgan": json.dumps(header)},
+    )
+    write_atomic(path, data)  # a full disk: an OSError naming the checkpoint; the old one stays
 
 
 def _load_checkpoint(path: Path, config: TrainConfig, G, D, opt_g, opt_d) -> tuple[int, float]:

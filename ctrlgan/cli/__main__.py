@@ -1,0 +1,5 @@
+import sys
+
+from ctrlgan.cli import main
+
+sys.exit(main())
