@@ -33,6 +33,7 @@ import onnxruntime
 import torch
 
 from ctrlgan.artifact import GENERATOR_WEIGHTS, Artifact, Manifest, write_artifact
+from ctrlgan.cli.options import batch_sizes
 from ctrlgan.export import onnx as export
 from ctrlgan.kernels import reference as ref
 from ctrlgan.network import ConditionalGenerator, GeneratorConfig
@@ -44,19 +45,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-sizes", default="1,64,256", help="comma-separated (%(default)s)")
+    p.add_argument(
+        "--batch-sizes", type=batch_sizes, default="1,64,256", help="comma-separated (%(default)s)"
+    )
     p.add_argument("--runs", type=int, default=100, help="timed rounds, >= 50 (%(default)s)")
     p.add_argument("--warmup", type=int, default=10, help="untimed rounds first (%(default)s)")
     p.add_argument("--threads", type=int, default=0, help="threads for both (0: all cores)")
     p.add_argument("--no-save", action="store_true", help="print only, write no JSON")
     p.add_argument("--out", type=Path, help="JSON path (default: results/export-cpu-<date>.json)")
     args = p.parse_args(argv)
-    try:
-        args.sizes = [int(b) for b in args.batch_sizes.split(",")]
-    except ValueError:
-        p.error(f"--batch-sizes: comma-separated integers, got {args.batch_sizes!r}")
-    if not args.sizes or min(args.sizes) < 1:
-        p.error("--batch-sizes: every size must be >= 1")
+    args.sizes = list(args.batch_sizes)
     if args.runs < 50:
         p.error("--runs: at least 50 (medians of fewer are noise)")
     if args.warmup < 1 or args.threads < 0:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctrlgan.cli.options import batch_sizes
 from ctrlgan.kernels import first_layer as fl
 from ctrlgan.kernels import latent
 from ctrlgan.kernels import reference as ref
@@ -53,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--batch-sizes",
+        type=batch_sizes,
         help=f"comma-separated (default: {DEFAULT_SIZES} on CUDA, {CPU_SIZES} on a CPU)",
     )
     p.add_argument("--z-dim", type=int, default=64, help="noise width Z (%(default)s)")
@@ -67,13 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="JSON path (default: results/kernels-<device>-<date>)")
     args = p.parse_args(argv)
     if args.batch_sizes is None:
-        args.batch_sizes = DEFAULT_SIZES if torch.cuda.is_available() else CPU_SIZES
-    try:
-        args.sizes = [int(b) for b in args.batch_sizes.split(",")]
-    except ValueError:
-        p.error(f"--batch-sizes: comma-separated integers, got {args.batch_sizes!r}")
-    if not args.sizes or min(args.sizes) < 1:
-        p.error("--batch-sizes: every size must be >= 1")
+        args.batch_sizes = batch_sizes(DEFAULT_SIZES if torch.cuda.is_available() else CPU_SIZES)
+    args.sizes = list(args.batch_sizes)
     for name in ("z_dim", "classes", "directions", "hidden"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be >= 1")

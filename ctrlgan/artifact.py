@@ -199,17 +199,27 @@ def sha256_file(path: Path) -> str:
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """A model name or path -> the artifact directory; bundled names: see bundled_models()."""
-    path = Path(name_or_path)
-    if (path / MANIFEST).is_file():
-        return path
-    bundled = BUNDLED_DIR / str(name_or_path)
-    if "/" not in str(name_or_path) and (bundled / MANIFEST).is_file():
-        return bundled
-    if path.exists():
+    text = os.fspath(name_or_path) if isinstance(name_or_path, (str, os.PathLike)) else None
+    if not isinstance(text, str) or not text or "\0" in text:
+        raise InvalidRequest(
+            "model", f"expected a bundled model name or a directory path, got {name_or_path!r:.60}"
+        )
+    shown = text if len(text) <= 200 else "..." + text[-197:]  # a path's end tells most
+    try:
+        path = Path(text)
+        if (path / MANIFEST).is_file():
+            return path
+        bundled = BUNDLED_DIR / text
+        if "/" not in text and os.sep not in text and (bundled / MANIFEST).is_file():
+            return bundled
+        exists = path.exists()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise InvalidRequest("model", f"{shown!r} cannot be opened ({e.strerror})") from None
+    if exists:
         raise ArtifactError(str(path), f"no {MANIFEST} here: not a ctrlgan model artifact")
     raise InvalidRequest(
         "model",
-        f"{str(name_or_path)!r} is neither a model directory nor a bundled model "
+        f"{shown!r} is neither a model directory nor a bundled model "
         f"({', '.join(bundled_models()) or 'none installed'})",
     )
 

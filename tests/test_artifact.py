@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ctrlgan.artifact import (
+    BUNDLED_DIR,
     GENERATOR_WEIGHTS,
     MANIFEST,
     Artifact,
@@ -170,3 +171,100 @@ def test_a_malformed_onnx_field_is_an_artifact_error(tmp_path, tiny_model):
     (path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="onnx"):
         Artifact.open(path)
+
+
+@pytest.fixture
+def digits(tmp_path):
+    """A copy of the bundled model (directions and graphs included) to edit."""
+    path = tmp_path / "digits"
+    shutil.copytree(BUNDLED_DIR / "digits", path)
+    return path
+
+
+def _edit(path, edit):
+    data = json.loads((path / MANIFEST).read_text())
+    edit(data)
+    (path / MANIFEST).write_text(json.dumps(data))
+
+
+def _cli(*argv):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "ctrlgan.cli", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["directions"].pop(), "alpha"),  # the graphs take 3 alphas
+        (lambda d: d.update(directions=[]), "directions.safetensors is listed"),
+        (lambda d: d.update(directions=["thickness", "thickness", "size"]), "repeated"),
+        (lambda d: d.update(directions=["thickness", "", "size"]), "non-empty"),
+        (lambda d: d["classes"].__setitem__(1, "0"), "repeated name"),
+        (lambda d: d.update(classes=[str(i) for i in range(11)]), "11 classes"),
+        (lambda d: d.update(classes="0123456789"), "classes"),
+        (lambda d: d.update(image_shape=[1, 32, 32]), "image_shape"),
+        (lambda d: d["generator"].update(z_dim=10**9), "z_dim"),
+        (lambda d: d["generator"].update(base_channels=1.5), "base_channels"),
+        (lambda d: d.update(provenance=[]), "provenance"),
+        (lambda d: d["onnx"]["generator.onnx"]["inputs"][6][2].__setitem__(1, 4), "alpha"),
+        (lambda d: d["onnx"]["generator.body.onnx"]["inputs"][0][2].__setitem__(1, 9), "latent"),
+    ],
+)
+def test_an_edited_manifest_that_cannot_sample_does_not_load(digits, edit, message):
+    """The manifest carries the checksums of the other files, not of itself: its meaning is
+    checked on load, so no edit of it loads as an artifact that then fails to sample."""
+    _edit(digits, edit)
+    with pytest.raises(ArtifactError, match=message):
+        Artifact.open(digits)
+    info = _cli("info", str(digits))
+    assert info.returncode == 2 and len(info.stderr.strip().splitlines()) == 1
+    assert "manifest.json" in info.stderr and "verified" not in info.stdout
+
+
+def test_a_graph_that_disagrees_with_a_consistent_manifest_is_refused(digits):
+    """A manifest edited consistently (4 directions, a 4-row table with its checksum, alpha
+    width 4 recorded) still disagrees with the graph itself: the graph's own signature is
+    checked where it is loaded, and `ctrlgan info` loads every graph."""
+    from safetensors.torch import save_file
+
+    from ctrlgan.artifact import DIRECTIONS, sha256_file
+
+    save_file({"directions": torch.randn(4, 64)}, digits / DIRECTIONS)
+
+    def edit(d):
+        d["directions"].append("weight")
+        d["files"][DIRECTIONS] = sha256_file(digits / DIRECTIONS)
+        for name in ("generator.onnx", "generator.fp16.onnx"):
+            d["onnx"][name]["inputs"][6][2][1] = 4
+
+    _edit(digits, edit)
+    Artifact.open(digits)  # self-consistent
+    with pytest.raises(ArtifactError, match="generator.onnx.*signature"):
+        import ctrlgan
+
+        ctrlgan.load(digits, backend="onnxruntime")
+    info = _cli("info", str(digits))
+    assert info.returncode == 2 and "generator" in info.stderr and "signature" in info.stderr
+    sample = _cli("sample", str(digits), "--backend", "onnxruntime", "-o", str(digits / "x.png"))
+    assert sample.returncode == 2 and len(sample.stderr.strip().splitlines()) == 1
+    assert not (digits / "x.png").exists()
+
+
+def test_a_table_of_the_wrong_shape_is_refused(digits):
+    from safetensors.torch import save_file
+
+    from ctrlgan.artifact import DIRECTIONS, sha256_file
+
+    save_file({"directions": torch.randn(3, 63)}, digits / DIRECTIONS)
+    _edit(digits, lambda d: d["files"].update({DIRECTIONS: sha256_file(digits / DIRECTIONS)}))
+    with pytest.raises(ArtifactError, match="directions.safetensors.*shape \\[3, 63\\]"):
+        Artifact.open(digits)
+
+
+def test_the_bundled_model_passes_every_check():
+    info = _cli("info", "digits")
+    assert info.returncode == 0, info.stderr
+    assert info.stdout.count("verified; loads in onnxruntime") == 3

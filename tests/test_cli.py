@@ -208,3 +208,139 @@ def test_parser_has_the_commands():
     parser = build_parser()
     choices = parser._subparsers._group_actions[0].choices
     assert {"train", "sample", "info"} <= set(choices)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["sample", "--n", "99999999999999999999"], ["n", "batch limit"]),
+        (["sample", "--seed", str(2**64 - 1), "--n", "2"], ["seed", "run past 2**64 - 1"]),
+        (["sample", "--seed", str(2**64)], ["seed", "2**64"]),
+        (["sample", "--truncation", "1e400"], ["truncation", "finite"]),
+        (["sample", "--steer", "thickness=1e400"], ["steer.thickness", "finite"]),
+        (["sample", "--steer", "thickness=5000"], ["steer.thickness", "1000"]),
+        (["interpolate", "--from", "-5:3"], ["from", "-5"]),
+        (["interpolate", "--to", f"{2**64}:3"], ["to", "2**64"]),
+        (["traverse", "--seed", "-1"], ["seed"]),
+        (["traverse", "--alphas", "-3,-1.5,1e400"], ["alphas", "finite"]),
+        (["bench", "--batch-sizes", "-1,64"], ["batch sizes must be >= 1"]),
+        (["sample", "--backend", "cuda-magic"], ["backend", "torch, onnxruntime"]),
+        (["train", "--threads", "100000", "--out", "{tmp}/t"], ["threads", "cores"]),
+        (["train", "--resume", "--out", "{tmp}/t"], ["resume", "no checkpoint"]),
+        (["generate", "--per-class", "99999999999999", "--out", "{tmp}/j"], ["per_class", "1.."]),
+        (
+            ["generate", "--per-class", "10000000", "--shard-size", "1", "--out", "{tmp}/j"],
+            ["shard_size", "shards"],
+        ),
+        (
+            ["generate", "--per-class", "10", "--shard-size", "9999999", "--out", "{tmp}/j"],
+            ["shard_size", "MiB"],
+        ),
+        (["generate", "--per-class", "200000000", "--out", "{tmp}/j"], ["per_class", "job limit"]),
+    ],
+)
+def test_messages_name_the_right_field_and_nothing_is_written(tmp_path, capsys, argv, words):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *words)
+    assert not list(tmp_path.iterdir())  # no run directory, no job directory, no image
+
+
+def test_negative_numbers_are_values_not_options(tmp_path, capsys):
+    out = tmp_path / "t.png"
+    argv = ["traverse", "--alphas", "-2,-1,0", "--feature", "size", "-o", str(out), "--scale", "1"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert Image.open(out).size == (3 * 18 + 2, 18 + 2)
+
+
+def test_help_describes_the_tool_in_full(capsys):
+    code, text, _ = run(capsys, "--help")
+    assert code == 0
+    description = " ".join(text.split("\n\n")[1].split())
+    assert description.endswith("batch-generate images from it.")
+
+
+def _ctrlgan(*argv, limit_bytes=None, **kwargs):
+    """The CLI in a fresh process; with ``limit_bytes``, no file may grow past it (writes
+    then fail with EFBIG, as they would with ENOSPC on a full disk)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    cmd = [sys.executable, "-m", "ctrlgan.cli", *argv]
+    return subprocess.run(
+        cmd, text=True, timeout=300, preexec_fn=limit if limit_bytes else None, **kwargs
+    )
+
+
+def test_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "ctrlgan.cli", "info", "digits"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line (as `| head -0`)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert err == b""
+
+
+def _file_too_large(proc, path) -> None:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "File too large" in lines[0] and str(path) in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["npz", "png"])
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path, tiny_model, fmt):
+    """Every command that writes: one line naming the file or directory it could not write,
+    exit 2, nothing half-written in place (temporaries removed, the artifact unchanged)."""
+    import shutil
+
+    capture = {"capture_output": True}
+    png = tmp_path / "grid.png"
+    proc = _ctrlgan("sample", "--class", "0-9", "--n", "16", "-o", str(png), limit_bytes=4096,
+                    **capture)  # fmt: skip
+    _file_too_large(proc, png)
+    assert not list(tmp_path.iterdir())
+
+    job = tmp_path / "job"
+    argv = ["generate", "--classes", "0-9", "--per-class", "50", "--shard-size", "500"]
+    proc = _ctrlgan(*argv, "--format", fmt, "--out", str(job), "--quiet", limit_bytes=4096,
+                    **capture)  # fmt: skip
+    _file_too_large(proc, job / "shard_00000" if fmt == "png" else job / "shard_00000.npz")
+    assert sorted(p.name for p in job.iterdir()) == ["job.json"]  # resumable, nothing partial
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model.artifact.path, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    proc = _ctrlgan("export", str(model), limit_bytes=200_000, **capture)
+    _file_too_large(proc, model)
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    run_dir = tmp_path / "run"
+    argv = ["train", "--out", str(run_dir), "--steps", "2", "--batch-size", "8", "--z-dim", "6",
+            "--g-channels", "8", "--d-channels", "8", "--eval-per-class", "0",
+            "--feature-steps", "0", "--sample-every", "1000", "--quiet"]  # fmt: skip
+    proc = _ctrlgan(*argv, limit_bytes=4096, **capture)
+    _file_too_large(proc, run_dir)  # the last step's sample grid, then the checkpoint
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_training_shows_progress_for_every_phase(tmp_path):
+    """Evaluation and the feature network report progress too (they are minutes at the
+    defaults), each as its own tqdm bar on stderr."""
+    argv = ["train", "--out", str(tmp_path / "r"), "--steps", "2", "--batch-size", "8",
+            "--z-dim", "6", "--g-channels", "8", "--d-channels", "8", "--eval-per-class", "3",
+            "--feature-steps", "30"]  # fmt: skip
+    proc = _ctrlgan(*argv, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    for phase in ("train: 100%", "evaluate: 100%", "30/30", "feature network: 100%"):
+        assert phase in proc.stderr, phase

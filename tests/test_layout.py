@@ -50,3 +50,39 @@ def test_export_and_runtime_follow_the_data_flow():
         for f in files:
             bad = {m for m in ctrlgan_imports(f) if m.startswith(banned)}
             assert not bad, (folder, f.name, bad)
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has imported after running ``code``."""
+    probe = f"{code}\nimport sys; print(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_sampling_on_onnxruntime_never_imports_torch():
+    """Cold start: import, load, sample, interpolate, noise and the batcher on onnxruntime
+    (and "auto", which picks it on a machine without CUDA) pay for neither torch nor onnx."""
+    code = (
+        "import ctrlgan\n"
+        "g = ctrlgan.load('digits', backend='onnxruntime')\n"
+        "g.sample(classes=[1, 2], seeds=[3, 4], steer={'thickness': 1.0}, truncation=1.5)\n"
+        "g.interpolate((5, 3), (9, 7), steps=4, method='slerp')\n"
+        "g.traverse(1, 3, 'slant', [-1, 0, 1])\n"
+        "ctrlgan.noise([0, 1], 8)\n"
+        "with ctrlgan.BatchingGenerator(g) as b: b.sample(classes=3, seeds=[7])\n"
+    )
+    modules = _modules_after(code)
+    assert "ctrlgan.runtime.ort" in modules
+    assert "torch" not in modules and "onnx" not in modules
+    from ctrlgan.runtime import cuda
+
+    if not cuda.available():
+        auto = _modules_after("import ctrlgan; ctrlgan.load('digits').sample(classes=3, n=2)")
+        assert "torch" not in auto
+
+
+def test_the_cli_parser_imports_neither_torch_nor_onnxruntime():
+    modules = _modules_after("from ctrlgan.cli import build_parser; build_parser()")
+    assert "ctrlgan.cli.train" in modules
+    assert not {"torch", "onnxruntime", "onnx", "ctrlgan.training.train"} & modules

@@ -106,7 +106,12 @@ class OnnxRuntimeBackend:
         }  # fmt: skip
 
     def __call__(self, rows: Rows) -> np.ndarray:
-        return self.session.run(self.feeds(rows))
+        image = self.session.run(self.feeds(rows))
+        # onnxruntime's Tanh is an approximation that saturates one ulp above 1 (1.0000001,
+        # found by fuzzing steering alphas ~100); the contract is [-1, 1]. In place, ~1 µs.
+        np.minimum(image, 1.0, out=image)
+        np.maximum(image, -1.0, out=image)
+        return image
 
 
 def create(name: str, artifact: Artifact, device: str, threads: int = 0, max_batch: int = 1):

@@ -33,6 +33,7 @@ circular correlation mean cos(phi_read - phi_true) for orientation, and the clas
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -157,9 +158,11 @@ def fit(
     steps: int = 4000,
     batch_size: int = 256,
     seed: int = 0,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[FeatureNetwork, dict]:
     """Train a FeatureNetwork on real images (shapes' kind when ``factors`` are shapes' true
-    factors, else the image moments); returns (net in eval mode, held-out quality)."""
+    factors, else the image moments); returns (net in eval mode, held-out quality).
+    ``progress(n)`` is called after every n steps (every step, or every 10 of them)."""
     kind = kind_for(classes, factors)
     if factors is not None and kind == "shapes" and factors.shape[1] != 4:
         raise InvalidRequest("data", "the shapes feature network needs the four true factors")
@@ -184,7 +187,7 @@ def fit(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     rng = torch.Generator().manual_seed(seed)
     net.train()
-    for _ in range(steps):
+    for step in range(steps):
         idx = fit_idx[torch.randint(0, n_fit, (batch_size,), generator=rng)]
         logits, out = net(images[idx])
         loss = F.cross_entropy(logits, labels[idx]) + F.mse_loss(out, targets[idx])
@@ -192,6 +195,10 @@ def fit(
         loss.backward()
         opt.step()
         schedule.step()
+        if progress is not None and (step + 1) % 10 == 0:
+            progress(10)
+    if progress is not None and steps % 10:
+        progress(steps % 10)
     net.eval()
     if kind == "shapes":
         with torch.no_grad():

@@ -60,10 +60,12 @@ def evaluate(
     n_classes: int,
     per_class: int,
     seed_base: int = 10**9,
+    progress: Callable[[int], object] | None = None,
 ) -> dict[str, float]:
     """Conditional accuracy and diversity of ``generate(labels, seed_start) -> images``.
 
     Samples use seeds from ``seed_base`` on, away from the seeds that demos and tests show.
+    ``progress(n)`` is called with the number of images measured, class by class.
     """
     classifier = fit_reference_classifier(real_images, real_labels)
     correct, ratios = 0, []
@@ -74,6 +76,8 @@ def evaluate(
         real = real_images[real_labels == c]
         if len(real) >= 2 and per_class >= 2:
             ratios.append(mean_pairwise_distance(fake) / mean_pairwise_distance(real))
+        if progress is not None:
+            progress(per_class)
     result = {
         "conditional_accuracy": correct / (n_classes * per_class),
         "eval_per_class": per_class,

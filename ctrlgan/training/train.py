@@ -113,17 +113,17 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             f"the feature network needs >= {feature_net.min_images(data.classes)} images, "
             f"{data.name!r} has {len(data)}: pass --feature-steps 0",
         )
+    checkpoint_path = out / CHECKPOINT
+    if config.resume and not checkpoint_path.is_file():  # before mkdir: nothing is left behind
+        raise InvalidRequest("resume", f"no checkpoint in {str(out)!r} to resume from")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InvalidRequest("out", f"cannot create {str(out)!r} ({e.strerror})") from None
-    checkpoint_path = out / CHECKPOINT
     if checkpoint_path.exists() and not config.resume:
         raise InvalidRequest(
             "out", f"{str(out)!r} holds an earlier run's checkpoint: pass --resume or a new --out"
         )
-    if config.resume and not checkpoint_path.exists():
-        raise InvalidRequest("resume", f"no checkpoint in {str(out)!r} to resume from")
 
     # Networks and optimisers, seeded for reproducible initial weights.
     torch.manual_seed(config.seed)
@@ -165,7 +165,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     sample_labels = torch.arange(n_classes).repeat_interleave(SAMPLE_SEEDS)
     sample_z = noise(torch.arange(SAMPLE_SEEDS).repeat(n_classes), config.z_dim)
     (out / "samples").mkdir(exist_ok=True)
-    bar = _progress(progress, config.steps, step)
+    bar = _progress(progress, config.steps, step, "train", "step")
     stop = _StopFlag()
     started = time.perf_counter()
     with stop:
@@ -255,19 +255,25 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             with torch.no_grad():
                 return G(z, y)
 
-        result_metrics = metrics.evaluate(
-            generate, images, labels, n_classes, config.eval_per_class
-        )
+        total = n_classes * config.eval_per_class
+        with _progress(progress, total, 0, "evaluate", "img") as bar:
+            result_metrics = metrics.evaluate(
+                generate, images, labels, n_classes, config.eval_per_class, progress=bar.update
+            )
     tensors = {GENERATOR_WEIGHTS: G.state_dict()}
     features_entry = {}
     if config.feature_steps:
         # The frozen feature network that `ctrlgan directions` finds directions with: image
         # moments, or the true factors for shapes (feature_net.py).
-        if progress:
-            print("fitting the feature network on the real images", file=sys.stderr)
-        net, quality = feature_net.fit(
-            data.images, data.labels, data.classes, data.factors, steps=config.feature_steps
-        )
+        with _progress(progress, config.feature_steps, 0, "feature network", "step") as bar:
+            net, quality = feature_net.fit(
+                data.images,
+                data.labels,
+                data.classes,
+                data.factors,
+                steps=config.feature_steps,
+                progress=bar.update,
+            )
         tensors[feature_net.FEATURE_NET] = net.state_dict()
         features_entry = {"features": feature_net.describe(net, quality)}
     manifest = Manifest(
@@ -334,10 +340,19 @@ class _StopFlag:
         return False
 
 
-def _progress(enabled: bool, total: int, initial: int):
+def _progress(enabled: bool, total: int, initial: int, desc: str, unit: str):
+    """A tqdm bar on stderr for one phase of the run (train, evaluate, feature network)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
 
 def _save_checkpoint(path: Path, step, seconds, config, G, D, opt_g, opt_d) -> None:

@@ -262,3 +262,25 @@ def test_per_class_direction_table(tmp_path, tiny_model):
         y = net.embed(*(torch.from_numpy(a) for a in (rows.class_a, rows.class_b, rows.s)))
         want = net.body(torch.cat([z, y], dim=1)).numpy()
     assert np.abs(images["onnxruntime"] - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_host_slerp_matches_the_reference(batch):
+    """The host backends slerp in numpy (no torch on the onnxruntime path): the same function
+    as kernels.reference.slerp, near-parallel, anti-parallel and zero rows included."""
+    from ctrlgan.kernels import reference
+    from ctrlgan.runtime.backends import slerp
+
+    rng = np.random.default_rng()
+    z_a = rng.standard_normal((batch, 37)).astype(np.float32)
+    z_b = rng.standard_normal((batch, 37)).astype(np.float32)
+    t = rng.random(batch).astype(np.float32)
+    if batch > 4:
+        z_b[0] = z_a[0] * 1.5 + 1e-5  # near parallel
+        z_b[1] = -z_a[1]  # anti-parallel
+        z_a[2] = 0.0  # a zero row
+        t[3] = 0.0
+    want = reference.slerp(*(torch.from_numpy(v) for v in (z_a, z_b, t))).numpy()
+    got = slerp(z_a, z_b, t)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)

@@ -397,3 +397,44 @@ def test_a_worker_killed_by_a_base_exception_leaves_nothing_pending(g, gate):
     with pytest.raises(Overloaded):
         b.submit(classes=1, seeds=[6])
     b.close()
+
+
+def test_cancelled_futures_notify_wait_and_as_completed(g, gate):
+    """concurrent.futures.wait and as_completed return for cancelled requests at once, while
+    the worker is still busy: a cancelled future is CANCELLED_AND_NOTIFIED, as an executor's."""
+    import concurrent.futures as cf
+
+    with BatchingGenerator(g, max_batch_size=8, max_queue=1000) as b:
+        held = hold_worker(b, gate)
+        futures = [b.submit(classes=1, seeds=[i]) for i in range(300)]
+        cancelled = futures[:200]
+        assert all(f.cancel() for f in cancelled)
+        start = time.monotonic()
+        _, not_done = cf.wait(cancelled, timeout=WAIT)
+        assert not not_done and time.monotonic() - start < 1.0  # not after the worker
+        assert list(cf.as_completed(cancelled, timeout=WAIT)) and not gate.opened.is_set()
+        assert b.stats.requests == 301
+        gate.opened.set()
+        _, not_done = cf.wait([held, *futures], timeout=WAIT)
+        assert not not_done
+        assert sum(1 for _ in cf.as_completed(futures, timeout=WAIT)) == 300
+    ran = {s for call in gate.calls for s in call}
+    assert not ran & set(range(200)) and set(range(200, 300)) <= ran
+    for f in futures[200:]:
+        assert f.result().shape == (1, 1, 16, 16)
+
+
+def test_cancel_races_with_the_worker_leave_every_future_resolved(g):
+    """Cancels from another thread while the worker takes batches: every future ends
+    cancelled or with its image, and no state error is raised anywhere."""
+    import concurrent.futures as cf
+
+    with BatchingGenerator(g, max_batch_size=4, max_queue=10_000) as b:
+        futures = [b.submit(classes=2, seeds=[i]) for i in range(400)]
+        canceller = threading.Thread(target=lambda: [f.cancel() for f in futures[::2]])
+        canceller.start()
+        canceller.join()
+        _, not_done = cf.wait(futures, timeout=WAIT)
+    assert not not_done
+    for f in futures:
+        assert f.cancelled() or f.result().shape == (1, 1, 16, 16)

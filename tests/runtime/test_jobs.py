@@ -246,3 +246,25 @@ def test_unwritable_out_is_refused(tmp_path, capsys, model):
     finally:
         locked.chmod(0o755)
     assert not list(locked.iterdir())
+
+
+def test_a_job_that_cannot_fit_on_the_disk_is_refused_before_anything_is_written(
+    g, tmp_path, monkeypatch
+):
+    from ctrlgan.runtime import jobs
+
+    monkeypatch.setattr(jobs, "free_bytes", lambda path: 10_000)
+    out = tmp_path / "job"
+    spec = JobSpec(classes=[1, 2], per_class=100, shard_size=50)
+    with pytest.raises(ctrlgan.errors.InvalidRequest, match="out: 200 images need"):
+        run_job(g, spec, out, progress=False)
+    assert not out.exists()
+    monkeypatch.setattr(jobs, "free_bytes", lambda path: 10**9)
+    run_job(g, JobSpec(classes=[1, 2], per_class=30, shard_size=50), out, progress=False)
+
+
+def test_the_cli_lists_the_jobs_formats():
+    from ctrlgan.cli import generate
+    from ctrlgan.runtime import jobs
+
+    assert generate.FORMATS == jobs.FORMATS
