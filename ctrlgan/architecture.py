@@ -5,7 +5,8 @@ before any weights are read; that check must not need torch, so that a process t
 onnxruntime never imports it (the module itself lives in ctrlgan.network).
 
 Sizes are bounded so that a tampered manifest cannot ask for a network that does not fit in
-memory: every width is at most MAX_WIDTH and the class count at most MAX_CLASSES.
+memory: z_dim and embed_dim at most MAX_WIDTH, base_channels at most MAX_CHANNELS, image
+channels at most MAX_IMAGE_CHANNELS and the class count at most MAX_CLASSES.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import asdict, dataclass
 
 IMAGE_SIZES = (16, 28, 32, 64)
 EMBEDDINGS = ("onehot", "learned")
-MAX_WIDTH = 4096  # z_dim, channels, base_channels, embed_dim
+MAX_WIDTH = 4096  # z_dim, embed_dim
+MAX_CHANNELS = 1024  # base_channels (the widest layer has 8x that at 64 px: 8192)
+MAX_IMAGE_CHANNELS = 16
 MAX_CLASSES = 10_000
 
 
@@ -44,9 +47,11 @@ class GeneratorConfig:
         for name in ("z_dim", "n_classes", "channels", "base_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("z_dim", "channels", "base_channels", "embed_dim"):
-            if getattr(self, name) > MAX_WIDTH:
-                raise ValueError(f"{name} must be <= {MAX_WIDTH}, got {getattr(self, name)}")
+        limits = {"z_dim": MAX_WIDTH, "embed_dim": MAX_WIDTH, "base_channels": MAX_CHANNELS}
+        limits["channels"] = MAX_IMAGE_CHANNELS
+        for name, limit in limits.items():
+            if getattr(self, name) > limit:
+                raise ValueError(f"{name} must be <= {limit}, got {getattr(self, name)}")
         if self.n_classes > MAX_CLASSES:
             raise ValueError(f"n_classes must be <= {MAX_CLASSES}, got {self.n_classes}")
 

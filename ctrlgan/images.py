@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctrlgan import validate
 from ctrlgan._fs import make_readable
 from ctrlgan.errors import InvalidRequest
 
@@ -16,7 +17,11 @@ MAX_GRID_PIXELS = 1 << 28  # 268 megapixels: far beyond any useful grid, well wi
 
 def to_uint8(x) -> np.ndarray:
     """Images in [-1, 1], NCHW (numpy or torch), to uint8 NHWC in [0, 255] (rounded, clipped)."""
-    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "iuf":
+        raise InvalidRequest("images", f"expected a real-valued array, got {type(x).__name__}")
+    x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4:
         raise InvalidRequest("images", f"expected a batch [N, C, H, W], got shape {x.shape}")
     x = np.clip((x + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
@@ -26,8 +31,11 @@ def to_uint8(x) -> np.ndarray:
 def make_grid(x, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> np.ndarray:
     """Tile images in [-1, 1], NCHW, into one uint8 HWC (or HW for one channel) array."""
     images = to_uint8(x)
-    if nrow < 1:
-        raise InvalidRequest("nrow", f"must be >= 1, got {nrow}")
+    nrow = validate.integer(nrow, "nrow", lo=1)
+    padding = validate.integer(padding, "padding", 0, 1024)
+    pad_value = validate.integer(pad_value, "pad_value", 0, 255)
+    if len(images) == 0:
+        raise InvalidRequest("images", "no images to tile")
     n, h, w, c = images.shape
     cols = min(nrow, n)
     rows = -(-n // cols)
@@ -51,8 +59,9 @@ def save_grid(x, path, nrow: int = 8, scale: int = 1, padding: int = 2) -> Path:
     """
     from PIL import Image
 
-    if scale < 1:
-        raise InvalidRequest("scale", f"must be >= 1, got {scale}")
+    scale = validate.integer(scale, "scale", lo=1)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidRequest("output", f"expected a file path, got {type(path).__name__}")
     path = Path(path)
     if not path.parent.is_dir():
         raise InvalidRequest("output", f"directory {str(path.parent)!r} does not exist")

@@ -227,6 +227,9 @@ def test_parser_has_the_commands():
         (["sample", "--backend", "cuda-magic"], ["backend", "torch, onnxruntime"]),
         (["train", "--threads", "100000", "--out", "{tmp}/t"], ["threads", "cores"]),
         (["train", "--resume", "--out", "{tmp}/t"], ["resume", "no checkpoint"]),
+        (["train", "--z-dim", "5000", "--out", "{tmp}/t"], ["z_dim", "1..4096"]),
+        (["train", "--g-channels", "100000", "--out", "{tmp}/t"], ["g_channels", "1..1024"]),
+        (["train", "--data", "shapes", "--n-data", "10000000000", "--out", "{tmp}/t"], ["n_data"]),
         (["generate", "--per-class", "99999999999999", "--out", "{tmp}/j"], ["per_class", "1.."]),
         (
             ["generate", "--per-class", "10000000", "--shard-size", "1", "--out", "{tmp}/j"],

@@ -2,7 +2,7 @@
 seeds, steering, PNG outputs, batch sizes) and their parsers. Everything here is light: no
 torch, no onnxruntime, so that `ctrlgan --help` starts at once.
 
-Values are checked by the same validation layer as the Python API (ctrlgan.runtime.validate,
+Values are checked by the same validation layer as the Python API (ctrlgan.validate,
 runtime/request.py); what is only about the command line (a spelling like "0-9" or
 "thickness=2") is parsed here, and a mistake is an InvalidRequest naming the option.
 """

@@ -104,7 +104,7 @@ def add_parsers(sub) -> None:
 
 def run_sample(args: argparse.Namespace) -> int:
     import ctrlgan
-    from ctrlgan.runtime import validate
+    from ctrlgan import validate
 
     out = options.png_path(args.output)
     options.positive(args.scale, "scale")

@@ -164,7 +164,7 @@ def add_parsers(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctrlgan.runtime import validate
+    from ctrlgan import validate
     from ctrlgan.training.train import TrainingInterrupted, train
 
     validate.threads(args.threads)

@@ -1,5 +1,9 @@
 """The runtime's backends: each turns validated Rows into float32 images [N, C, H, W].
 
+This module holds what the host backends share (noise, slerp and the lerp feeds, in numpy) and
+the onnxruntime backend; the torch and triton backends live in torch_backends.py, imported only
+when one of them is built, so that sampling on onnxruntime never imports torch.
+
     torch        the eager reference: host noise, the latent prologue in torch ops, the
                  generator module (its first layer computed row by row, see below)
     onnxruntime  generator.onnx in an OrtSession; host noise (slerp done on the host, fed with

@@ -51,11 +51,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
-import math
 import threading
 import time
 from concurrent.futures import Future
 
+from ctrlgan import validate
 from ctrlgan.errors import InvalidRequest, Overloaded
 from ctrlgan.runtime.generator import Generator, check_output, convert
 from ctrlgan.runtime.request import Rows
@@ -63,6 +63,8 @@ from ctrlgan.runtime.request import Rows
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_DELAY_MS = 0.0
 DEFAULT_MAX_QUEUE = 1024
+MAX_DELAY_MS = 60_000.0  # a minute: far beyond any useful batching delay
+MAX_TIMEOUT = 365 * 24 * 3600.0  # seconds; beyond it a deadline is no deadline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,15 +102,9 @@ class BatchingGenerator:
         max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
         max_queue: int = DEFAULT_MAX_QUEUE,
     ):
-        for name, value in (("max_batch_size", max_batch_size), ("max_queue", max_queue)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidRequest(name, f"must be an int >= 1, got {value!r}")
-        if (
-            isinstance(max_delay_ms, bool)
-            or not isinstance(max_delay_ms, (int, float))
-            or not (math.isfinite(max_delay_ms) and max_delay_ms >= 0)
-        ):
-            raise InvalidRequest("max_delay_ms", f"must be a number >= 0, got {max_delay_ms!r}")
+        max_batch_size = validate.integer(max_batch_size, "max_batch_size", lo=1)
+        max_queue = validate.integer(max_queue, "max_queue", lo=1)
+        max_delay_ms = validate.real(max_delay_ms, "max_delay_ms", 0.0, MAX_DELAY_MS)
         self.generator = generator
         # a joined batch must pass Generator.run's own limit
         self.max_batch_size = min(max_batch_size, generator.max_batch)
@@ -156,12 +152,8 @@ class BatchingGenerator:
         may wait in the queue before its future fails with TimeoutError.
         """
         check_output(output)
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not (math.isfinite(timeout) and timeout > 0)
-        ):
-            raise InvalidRequest("timeout", f"must be a number of seconds > 0, got {timeout!r}")
+        if timeout is not None:
+            timeout = validate.real(timeout, "timeout", hi=MAX_TIMEOUT, above=0.0)
         rows = self.generator.prepare(
             classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation
         )

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctrlgan._fs import write_atomic
 from ctrlgan.errors import BackendUnavailable, InvalidRequest
 from ctrlgan.runtime.generator import BACKENDS, Generator
 
@@ -211,9 +212,7 @@ def write_json(path: Path, results: list[Result], notes: list[str], model: str) 
 def save_json(path: Path, data: dict) -> None:
     """Write a benchmark record atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode(), durable=False)
 
 
 def plot(path: Path, results: list[Result]) -> None:

@@ -16,10 +16,11 @@ import os
 
 import numpy as np
 
+from ctrlgan import validate
 from ctrlgan.artifact import Artifact
 from ctrlgan.errors import BackendUnavailable, InvalidRequest
 from ctrlgan.images import to_uint8
-from ctrlgan.runtime import backends, cuda, philox, request, validate
+from ctrlgan.runtime import backends, cuda, philox, request
 from ctrlgan.runtime.request import Rows
 
 BACKENDS = ("auto", *backends.NAMES)

@@ -58,12 +58,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ctrlgan import __version__
+from ctrlgan import __version__, validate
 from ctrlgan._fs import free_bytes, fsync_path, make_readable, naming, write_atomic
 from ctrlgan.artifact import DIRECTIONS, GENERATOR_ONNX, GENERATOR_WEIGHTS
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.images import to_uint8
-from ctrlgan.runtime import request, validate
+from ctrlgan.runtime import request
 
 JOB_FILE = "job.json"
 JOB_VERSION = 1

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ctrlgan import validate
 from ctrlgan.errors import InvalidRequest
-from ctrlgan.runtime import validate
-from ctrlgan.runtime.validate import MAX_ALPHA, MAX_SEED, MAX_TRUNCATION, is_int
+from ctrlgan.validate import MAX_ALPHA, MAX_SEED, MAX_TRUNCATION, is_int
 
 __all__ = ["MAX_ALPHA", "MAX_SEED", "ClassSpec", "Rows", "parse_classes", "parse_seeds"]
 

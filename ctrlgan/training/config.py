@@ -7,10 +7,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ctrlgan import validate
+from ctrlgan.architecture import MAX_CHANNELS, MAX_WIDTH
 from ctrlgan.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from ctrlgan.training.disentangle import InfoCodes
+
+
+MAX_STEPS = 10**9
+MAX_RENDERED = 1_000_000  # --n-data: procedural images rendered (and held) in memory
+LIMITS = {  # option -> its largest value (all are ints >= 1)
+    "z_dim": MAX_WIDTH,
+    "g_channels": MAX_CHANNELS,
+    "d_channels": MAX_CHANNELS,
+    "embed_dim": MAX_WIDTH,
+    "steps": MAX_STEPS,
+    "batch_size": 65_536,
+    "d_steps": 1000,
+    "sample_every": MAX_STEPS,
+    "checkpoint_every": MAX_STEPS,
+}
 
 
 @dataclass
@@ -54,21 +71,13 @@ class TrainConfig:
         from ctrlgan.training.disentangle import SUPERVISED_FACTORS
         from ctrlgan.training.nets import DISCRIMINATORS
 
-        positive = ("z_dim", "g_channels", "d_channels", "embed_dim", "steps", "batch_size")
-        positive += ("d_steps", "sample_every", "checkpoint_every")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise InvalidRequest(name, f"must be an integer >= 1, got {getattr(self, name)!r}")
-        if (
-            isinstance(self.feature_steps, bool)
-            or not isinstance(self.feature_steps, int)
-            or (self.feature_steps < 0)
-        ):
-            raise InvalidRequest(
-                "feature_steps", f"must be an integer >= 0, got {self.feature_steps!r}"
-            )
-        if self.eval_per_class < 0:
-            raise InvalidRequest("eval_per_class", "must be >= 0 (0 skips evaluation)")
+        # Upper bounds keep every run within memory (the networks, a batch) and time.
+        for name, hi in LIMITS.items():
+            validate.integer(getattr(self, name), name, 1, hi)
+        validate.integer(self.feature_steps, "feature_steps", 0, MAX_STEPS)
+        if self.n_data is not None:  # shapes are rendered in memory: 4 KiB each at 32 px
+            validate.integer(self.n_data, "n_data", 1, MAX_RENDERED)
+        validate.integer(self.eval_per_class, "eval_per_class", 0, 100_000)
         if self.image_size is not None and self.image_size not in IMAGE_SIZES:
             raise InvalidRequest("image_size", f"must be one of {IMAGE_SIZES}")
         choices = {"embedding": EMBEDDINGS, "discriminator": DISCRIMINATORS}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import ctrlgan
+from ctrlgan import validate
 from ctrlgan.errors import InvalidRequest
-from ctrlgan.runtime import validate
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +157,17 @@ def test_valid_requests_still_work(g):
     assert e.shape == (1, 1, 16, 16)
     f = g.traverse(np.uint64(5), np.int64(3), "size", alphas=np.linspace(-1, 1, 3))
     assert f.shape == (3, 1, 16, 16)
+
+
+def test_image_helpers_refuse_what_they_cannot_draw(tmp_path, g):
+    x = g.sample(classes=3, seeds=[1, 2])
+    for bad in ("images", None, [[1]], np.array(["a"]), np.zeros((2, 2))):
+        with pytest.raises(InvalidRequest, match="^images"):
+            ctrlgan.to_uint8(bad)
+    for kwargs, field in (({"nrow": 0}, "nrow"), ({"nrow": "8"}, "nrow"), ({"scale": 2.0}, "scale"),
+                          ({"scale": 0}, "scale"), ({"padding": -1}, "padding")):  # fmt: skip
+        refused(field, ctrlgan.save_grid, x, tmp_path / "g.png", **kwargs)
+    refused("output", ctrlgan.save_grid, x, 123)
+    refused("images", ctrlgan.save_grid, x[:0], tmp_path / "g.png")
+    assert not list(tmp_path.iterdir())
+    assert ctrlgan.save_grid(x, tmp_path / "g.png", nrow=np.int64(2)).is_file()
