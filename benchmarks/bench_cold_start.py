@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     print(file=sys.stderr)
     floor = statistics.median(times["floor: import onnxruntime"])
     rows = []
-    print(f"{'contender':<30}{'median s':>10}{'min s':>8}{'x floor':>9}")
+    print(f"{'contender':<40}{'median s':>10}{'min s':>8}{'x floor':>9}")
     for name, ts in times.items():
         median = statistics.median(ts)
         rows.append(
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
                 "command": " ".join(cmds[name]),
             }
         )
-        print(f"{name:<30}{median:>10.3f}{min(ts):>8.3f}{median / floor:>8.2f}x")
+        print(f"{name:<40}{median:>10.3f}{min(ts):>8.3f}{median / floor:>8.2f}x")
     if args.no_save:
         return 0
     import numpy
