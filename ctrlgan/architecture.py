@@ -74,6 +74,30 @@ class GeneratorConfig:
         return cls(**d)
 
 
+def weight_shapes(config: GeneratorConfig) -> dict[str, list[int]]:
+    """The shape of every tensor in the generator's state dict (ctrlgan.network builds exactly
+    these; tested), so that weights can be checked against a manifest without torch."""
+    s0, n_up = stages(config.image_size)
+    ch = config.base_channels * 2 ** (n_up - 1)
+    bn = lambda prefix, c: (
+        {f"{prefix}.{k}": [c] for k in _BN} | {f"{prefix}.num_batches_tracked": []}
+    )
+    shapes = {}
+    if config.embedding == "learned":
+        shapes["embedding.weight"] = [config.n_classes, config.embed_dim]
+    shapes |= {"fc.weight": [ch * s0 * s0, config.latent_dim], "fc.bias": [ch * s0 * s0]}
+    shapes |= bn("bn0", ch)
+    for i in range(n_up - 1):
+        shapes[f"blocks.{i}.0.weight"] = [ch, ch // 2, 4, 4]
+        shapes |= bn(f"blocks.{i}.1", ch // 2)
+        ch //= 2
+    shapes |= {"out.weight": [ch, config.channels, 4, 4], "out.bias": [config.channels]}
+    return shapes
+
+
+_BN = ("weight", "bias", "running_mean", "running_var")
+
+
 def stages(image_size: int) -> tuple[int, int]:
     """Start size s0 and the number of doublings from s0 to the image size."""
     s0 = 7 if image_size == 28 else 4

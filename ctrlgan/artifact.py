@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctrlgan._fs import make_readable, naming
-from ctrlgan.architecture import GeneratorConfig
+from ctrlgan.architecture import GeneratorConfig, weight_shapes
 from ctrlgan.errors import ArtifactError, InvalidRequest
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ GENERATOR_FP16_ONNX = "generator.fp16.onnx"
 BODY_ONNX = "generator.body.onnx"
 BUNDLED_DIR = Path(__file__).parent / "models"
 MAX_MANIFEST_BYTES = 1 << 24  # 16 MiB: a manifest is a few KB
+MAX_NAME = 200  # characters of a class or direction name
+MAX_DIRECTION_VALUE = 1e4  # entries of a direction table (unit vectors: |entry| <= 1)
 
 
 @dataclass
@@ -72,12 +75,14 @@ class Manifest:
     def from_json(cls, text: str, path: str = MANIFEST) -> Manifest:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ArtifactError(path, f"not valid JSON ({e})") from None
+        except ValueError as e:  # JSONDecodeError, or an int of more than 4300 digits
+            raise ArtifactError(path, f"not valid JSON ({str(e)[:200]})") from None
+        except RecursionError:
+            raise ArtifactError(path, "JSON nested too deeply to be a manifest") from None
         if not isinstance(data, dict):
             raise ArtifactError(path, "must hold a JSON object")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:
             raise ArtifactError(
                 path, f"format_version {version!r} is not supported (expected {FORMAT_VERSION})"
             )
@@ -101,7 +106,12 @@ class Manifest:
         except (TypeError, ValueError) as e:
             raise ArtifactError(path, f"generator: {e}") from None
         expected = [config.channels, config.image_size, config.image_size]
-        if not isinstance(self.image_shape, list) or self.image_shape != expected:
+        shape = self.image_shape
+        if (
+            not isinstance(shape, list)
+            or [type(v) for v in shape] != [int] * 3
+            or shape != expected
+        ):
             raise ArtifactError(path, f"image_shape {self.image_shape} != generator's {expected}")
         _names(self.classes, "classes", path)
         _names(self.directions, "directions", path)
@@ -119,6 +129,14 @@ class Manifest:
             raise ArtifactError(path, "files must map file names to sha256 hex digests")
         if not isinstance(self.provenance, dict):
             raise ArtifactError(path, "provenance must be an object")
+        lo_hi = self.value_range
+        if not (
+            isinstance(lo_hi, list)
+            and len(lo_hi) == 2
+            and all(type(v) in (int, float) and math.isfinite(v) for v in lo_hi)
+            and lo_hi[0] < lo_hi[1]
+        ):
+            raise ArtifactError(path, f"value_range must be [low, high], got {lo_hi!r:.60}")
         if bool(self.directions) != (DIRECTIONS in self.files):
             raise ArtifactError(
                 path,
@@ -167,12 +185,43 @@ class Manifest:
 
 
 def _names(value, field_name: str, path: str) -> None:
-    """A list of distinct, non-empty strings."""
+    """A list of distinct, printable names (they appear in messages, files and one-line errors:
+    no control characters, no lone surrogates, at most MAX_NAME characters)."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ArtifactError(path, f"{field_name} must be a list of non-empty names")
+    for v in value:
+        if len(v) > MAX_NAME or not v.isprintable() or not _utf8(v):
+            raise ArtifactError(
+                path,
+                f"{field_name}: {v[:40]!r} is not a name (printable, at most {MAX_NAME} "
+                "characters)",
+            )
     repeated = sorted({v for v in value if value.count(v) > 1})
     if repeated:
         raise ArtifactError(path, f"{field_name}: repeated name(s) {', '.join(repeated)}")
+
+
+def _finite(path: Path, what: str) -> None:
+    """Every float tensor of a safetensors file is finite (a diverged run writes NaN)."""
+    import numpy as np
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise ArtifactError(str(path), f"unreadable safetensors ({e})") from None
+    for name, value in tensors.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ArtifactError(str(path), f"{what}: {name} holds NaN or inf")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can spell as \ud800
+        return False
+    return True
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
@@ -185,6 +234,10 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
                 raise ValueError(f"header of {length} bytes")
             header = json.loads(f.read(length))
         return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except RecursionError:
+        raise ArtifactError(
+            str(path), "unreadable safetensors header (nested too deeply)"
+        ) from None
     except (OSError, struct.error, ValueError, TypeError, KeyError, AttributeError) as e:
         raise ArtifactError(str(path), f"unreadable safetensors header ({e})") from None
 
@@ -257,25 +310,61 @@ class Artifact:
         that the direction table has the shape the manifest implies."""
         for name, digest in sorted(self.manifest.files.items()):
             file = self.path / name
-            if not name or Path(name).name != name or name in (".", ".."):
-                raise ArtifactError(str(self.path / MANIFEST), f"bad file name {name!r}")
-            if not file.is_file():
-                raise ArtifactError(str(file), "missing (listed in the manifest)")
-            if sha256_file(file) != digest:
-                raise ArtifactError(
-                    str(file), "checksum mismatch: the file was modified or truncated"
-                )
+            bad = not name or len(name) > 255 or Path(name).name != name or name in (".", "..")
+            if bad or not name.isprintable():
+                raise ArtifactError(str(self.path / MANIFEST), f"bad file name {name[:60]!r}")
+            try:
+                if not file.is_file():
+                    raise ArtifactError(str(file), "missing (listed in the manifest)")
+                if sha256_file(file) != digest:
+                    raise ArtifactError(
+                        str(file), "checksum mismatch: the file was modified or truncated"
+                    )
+            except OSError as e:
+                raise ArtifactError(str(file), f"cannot be read ({e.strerror})") from None
         m = self.manifest
+        weights = safetensors_shapes(self.path / GENERATOR_WEIGHTS)
+        expected = weight_shapes(m.generator_config)
+        if weights != expected:
+            wrong = sorted(k for k in expected.keys() | weights.keys()
+                           if weights.get(k) != expected.get(k))  # fmt: skip
+            first = wrong[0]
+            raise ArtifactError(
+                str(self.path / GENERATOR_WEIGHTS),
+                f"weights do not match the manifest's generator ({first}: "
+                f"{weights.get(first, 'missing')}, the manifest implies "
+                f"{expected.get(first, 'no such tensor')}"
+                f"{f'; {len(wrong) - 1} more' if len(wrong) > 1 else ''})",
+            )
+        _finite(self.path / GENERATOR_WEIGHTS, "weights")
         if m.directions:
-            shapes = safetensors_shapes(self.path / DIRECTIONS)
-            K, Z, C = len(m.directions), m.z_dim, len(m.classes)
-            shape = shapes.get("directions")
-            if shape not in ([K, Z], [C, K, Z]):
-                raise ArtifactError(
-                    str(self.path / DIRECTIONS),
-                    f"directions table of shape {shape}; the manifest's {K} direction(s) "
-                    f"imply {[K, Z]} or per class {[C, K, Z]}",
-                )
+            self._verify_table()
+
+    def _verify_table(self) -> None:
+        """The direction table: the shape the manifest implies, finite, bounded entries."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        m, path = self.manifest, self.path / DIRECTIONS
+        K, Z, C = len(m.directions), m.z_dim, len(m.classes)
+        shape = safetensors_shapes(path).get("directions")
+        if shape not in ([K, Z], [C, K, Z]):
+            raise ArtifactError(
+                str(path),
+                f"directions table of shape {shape}; the manifest's {K} direction(s) "
+                f"imply {[K, Z]} or per class {[C, K, Z]}",
+            )
+        try:
+            table = load_file(path)["directions"]
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            raise ArtifactError(str(path), f"unreadable safetensors ({e})") from None
+        if (
+            table.dtype.kind != "f"
+            or not (abs(table.astype("float64")) <= MAX_DIRECTION_VALUE).all()
+        ):
+            raise ArtifactError(
+                str(path), f"directions must be finite floats within +-{MAX_DIRECTION_VALUE:g}"
+            )
 
     def file(self, name: str) -> Path:
         if name not in self.manifest.files:

@@ -268,3 +268,102 @@ def test_the_bundled_model_passes_every_check():
     info = _cli("info", "digits")
     assert info.returncode == 0, info.stderr
     assert info.stdout.count("verified; loads in onnxruntime") == 3
+
+
+def _rewrite_tensors(path, name, change):
+    """Rewrite a safetensors file of the artifact (with ``change`` applied to its tensors) and
+    record its new checksum, as a hostile but consistent editor would."""
+    from safetensors.torch import load_file, save_file
+
+    from ctrlgan.artifact import sha256_file
+
+    tensors = load_file(path / name)
+    change(tensors)
+    save_file(tensors, path / name)
+    _edit(path, lambda d: d["files"].update({name: sha256_file(path / name)}))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["classes"].__setitem__(0, "zero\nline"), "not a name"),
+        (lambda d: d["classes"].__setitem__(0, "\ud800"), "not a name"),
+        (lambda d: d["classes"].__setitem__(0, "x" * 201), "not a name"),
+        (lambda d: d.update(image_shape=[True, 16, 16]), "image_shape"),
+        (lambda d: d.update(image_shape=[1.0, 16, 16]), "image_shape"),
+        (lambda d: d.update(format_version=True), "format_version"),
+        (lambda d: d.update(value_range=["a", 1]), "value_range"),
+        (lambda d: d.update(value_range=[1, -1]), "value_range"),
+        (lambda d: d["files"].update({"x" * 300: "0" * 64}), "bad file name"),
+        (lambda d: d["files"].update({"a\nb": "0" * 64}), "bad file name"),
+        (lambda d: d["generator"].update(z_dim=True), "z_dim"),
+        (lambda d: d.update(z_dim=64.0), "z_dim"),
+    ],
+)
+def test_manifest_values_of_the_wrong_kind(digits, edit, message):
+    _edit(digits, edit)
+    with pytest.raises(ArtifactError, match=message):
+        Artifact.open(digits)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"z_dim": 1' + "0" * 5000 + "}", "JSON"),
+    ],
+)
+def test_a_manifest_that_json_cannot_hold_is_an_artifact_error(digits, text, message):
+    (digits / MANIFEST).write_text(text)
+    with pytest.raises(ArtifactError, match=message):
+        Artifact.open(digits)
+
+
+def test_weights_must_fit_the_manifest_and_be_finite(digits):
+    """A consistent edit of the class count (generator config, class list, the body graph's
+    recorded latent width) no longer fits the weights: refused without torch, from the header."""
+
+    def eleven(d):
+        d["classes"].append("ten")
+        d["generator"]["n_classes"] = 11
+        d["onnx"]["generator.body.onnx"]["inputs"][0][2][1] += 1
+
+    _edit(digits, eleven)
+    with pytest.raises(
+        ArtifactError,
+        match="generator.safetensors.*fc.weight: \\[2048, 74\\].*implies \\[2048, 75\\]",
+    ):
+        Artifact.open(digits)
+
+
+@pytest.mark.parametrize("name", [GENERATOR_WEIGHTS, "directions.safetensors"])
+def test_non_finite_weights_or_directions_are_refused(digits, name):
+    def poison(tensors):
+        key = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+        tensors[key].view(-1)[3] = float("nan")
+
+    _rewrite_tensors(digits, name, poison)
+    with pytest.raises(ArtifactError, match=name.replace(".", "\\.") + ".*(NaN|finite)"):
+        Artifact.open(digits)
+
+
+def test_weight_shapes_are_the_networks():
+    from ctrlgan.architecture import weight_shapes
+    from ctrlgan.network import ConditionalGenerator, GeneratorConfig
+
+    for config in (
+        GeneratorConfig(z_dim=5, n_classes=3, image_size=28, base_channels=8),
+        GeneratorConfig(
+            z_dim=7,
+            n_classes=4,
+            image_size=64,
+            channels=3,
+            base_channels=4,
+            embedding="learned",
+            embed_dim=5,
+        ),
+        GeneratorConfig(z_dim=3, n_classes=2, image_size=16),
+        GeneratorConfig(z_dim=3, n_classes=2, image_size=32, base_channels=6),
+    ):
+        state = ConditionalGenerator(config).state_dict()
+        assert {k: list(v.shape) for k, v in state.items()} == weight_shapes(config)
