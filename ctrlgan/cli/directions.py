@@ -9,8 +9,12 @@ import math
 import shlex
 from pathlib import Path
 
+from ctrlgan import validate
 from ctrlgan.cli import options
 from ctrlgan.errors import InvalidRequest
+
+MAX_SAMPLES = 1_000_000  # noise rows held in memory with their images
+MAX_GRAD_STEPS = 10_000
 
 
 def add_parsers(sub) -> None:
@@ -104,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     held = options.names(args.hold, "hold") if args.hold is not None else []
     if args.samples is None:
         args.samples = 512 if method == "gradient" else 5000
-    if args.samples < 20:
-        raise InvalidRequest("samples", f"must be >= 20, got {args.samples}")
+    validate.integer(args.samples, "samples", 20, MAX_SAMPLES)
+    validate.integer(args.grad_steps, "grad_steps", 1, MAX_GRAD_STEPS)
     z_dim = artifact.manifest.z_dim
     if not 1 <= args.k <= z_dim:
         raise InvalidRequest("k", f"must lie in 1..{z_dim} (the model's z_dim), got {args.k}")
@@ -237,8 +241,7 @@ def _directions_report(args: argparse.Namespace, artifact, fset) -> int:
         )
     names = fset.check(args.features or ",".join(fset.names))
     samples = 1000 if args.samples is None else args.samples
-    if samples < 20:
-        raise InvalidRequest("samples", f"must be >= 20, got {samples}")
+    validate.integer(samples, "samples", 20, MAX_SAMPLES)
     if args.seed < 0:
         raise InvalidRequest("seed", f"must be >= 0, got {args.seed}")
     heatmap = None if args.heatmap is None else Path(args.heatmap)

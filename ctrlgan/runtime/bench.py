@@ -28,11 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctrlgan import validate
 from ctrlgan._fs import write_atomic
 from ctrlgan.errors import BackendUnavailable, InvalidRequest
 from ctrlgan.runtime.generator import BACKENDS, Generator
 
 BLOCK = 5  # consecutive calls of one contender per round
+
+
+MAX_ROUNDS = 100_000  # per batch size and contender: a bound on the time a bench may take
+MAX_BATCH_SIZE = 65_536
 
 
 @dataclass
@@ -126,10 +131,10 @@ def check(backends: list[str], batch_sizes: list[int], rounds: int, warmup: int)
             raise InvalidRequest("backends", f"unknown backend {b!r}; one of {known}")
     if not batch_sizes or min(batch_sizes) < 1:
         raise InvalidRequest("batch_sizes", "give one or more sizes >= 1")
-    if rounds < 10:
-        raise InvalidRequest("rounds", f"at least 10, got {rounds}")
-    if warmup < 1:
-        raise InvalidRequest("warmup", f"at least 1, got {warmup}")
+    if max(batch_sizes) > MAX_BATCH_SIZE:
+        raise InvalidRequest("batch_sizes", f"at most {MAX_BATCH_SIZE}, got {max(batch_sizes)}")
+    validate.integer(rounds, "rounds", 10, MAX_ROUNDS)
+    validate.integer(warmup, "warmup", 1, MAX_ROUNDS)
 
 
 def run(
