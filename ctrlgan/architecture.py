@@ -11,6 +11,7 @@ channels at most MAX_IMAGE_CHANNELS and the class count at most MAX_CLASSES.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 IMAGE_SIZES = (16, 28, 32, 64)
@@ -96,6 +97,23 @@ def weight_shapes(config: GeneratorConfig) -> dict[str, list[int]]:
 
 
 _BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def parameters(config: GeneratorConfig) -> int:
+    """The generator's number of values (parameters and BatchNorm statistics)."""
+    return sum(math.prod(shape) for shape in weight_shapes(config).values())
+
+
+def activations(config: GeneratorConfig) -> int:
+    """Values one image's forward pass keeps for the backward pass (each layer's output, its
+    normalisation and its activation): the per-image term of a batch's memory."""
+    s0, n_up = stages(config.image_size)
+    ch, size = config.base_channels * 2 ** (n_up - 1), s0
+    total = 2 * ch * size * size  # fc, then BatchNorm + ReLU
+    for _ in range(n_up - 1):
+        ch, size = ch // 2, size * 2
+        total += 3 * ch * size * size  # transposed convolution, BatchNorm, ReLU
+    return total + 2 * config.channels * config.image_size**2  # last convolution, Tanh
 
 
 def stages(image_size: int) -> tuple[int, int]:

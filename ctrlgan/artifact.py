@@ -209,8 +209,8 @@ def _finite(path: Path, what: str) -> None:
 
     try:
         tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise ArtifactError(str(path), f"unreadable safetensors ({e})") from None
+    except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as e:
+        raise ArtifactError(str(path), f"unreadable safetensors ({str(e)[:200]})") from None
     for name, value in tensors.items():
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise ArtifactError(str(path), f"{what}: {name} holds NaN or inf")
@@ -224,16 +224,17 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """The tensor shapes a safetensors file declares, read from its JSON header alone (8-byte
-    little-endian length, then the header): no torch, no tensor data read."""
+def safetensors_shapes(path: Path) -> dict[str, list]:
+    """The tensors a safetensors file declares, name -> [dtype, *shape] (e.g. ["F32", 3, 64]),
+    read from its JSON header alone (8-byte little-endian length, then the header): no torch,
+    no tensor data read."""
     try:
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             if length > MAX_MANIFEST_BYTES:
                 raise ValueError(f"header of {length} bytes")
             header = json.loads(f.read(length))
-        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        return {k: [v["dtype"], *v["shape"]] for k, v in header.items() if k != "__metadata__"}
     except RecursionError:
         raise ArtifactError(
             str(path), "unreadable safetensors header (nested too deeply)"
@@ -252,7 +253,10 @@ def sha256_file(path: Path) -> str:
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """A model name or path -> the artifact directory; bundled names: see bundled_models()."""
-    text = os.fspath(name_or_path) if isinstance(name_or_path, (str, os.PathLike)) else None
+    try:
+        text = os.fspath(name_or_path) if isinstance(name_or_path, (str, os.PathLike)) else None
+    except TypeError:  # a PathLike whose __fspath__ returns something else
+        text = None
     if not isinstance(text, str) or not text or "\0" in text:
         raise InvalidRequest(
             "model", f"expected a bundled model name or a directory path, got {name_or_path!r:.60}"
@@ -268,6 +272,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         exists = path.exists()
     except OSError as e:  # e.g. a name too long for the file system
         raise InvalidRequest("model", f"{shown!r} cannot be opened ({e.strerror})") from None
+    except UnicodeEncodeError:  # a lone surrogate: no file system can spell it
+        raise InvalidRequest("model", f"{shown!r} cannot be a path here") from None
     if exists:
         raise ArtifactError(str(path), f"no {MANIFEST} here: not a ctrlgan model artifact")
     raise InvalidRequest(
@@ -314,6 +320,8 @@ class Artifact:
             if bad or not name.isprintable():
                 raise ArtifactError(str(self.path / MANIFEST), f"bad file name {name[:60]!r}")
             try:
+                if file.is_symlink() or (file.exists() and not file.is_file()):
+                    raise ArtifactError(str(file), "is not a regular file of the artifact")
                 if not file.is_file():
                     raise ArtifactError(str(file), "missing (listed in the manifest)")
                 if sha256_file(file) != digest:
@@ -324,7 +332,10 @@ class Artifact:
                 raise ArtifactError(str(file), f"cannot be read ({e.strerror})") from None
         m = self.manifest
         weights = safetensors_shapes(self.path / GENERATOR_WEIGHTS)
-        expected = weight_shapes(m.generator_config)
+        expected = {  # float32 tensors, as training writes them; BatchNorm's counters int64
+            k: ["I64" if k.endswith("num_batches_tracked") else "F32", *shape]
+            for k, shape in weight_shapes(m.generator_config).items()
+        }
         if weights != expected:
             wrong = sorted(k for k in expected.keys() | weights.keys()
                            if weights.get(k) != expected.get(k))  # fmt: skip
@@ -348,15 +359,15 @@ class Artifact:
         m, path = self.manifest, self.path / DIRECTIONS
         K, Z, C = len(m.directions), m.z_dim, len(m.classes)
         shape = safetensors_shapes(path).get("directions")
-        if shape not in ([K, Z], [C, K, Z]):
+        if shape not in (["F32", K, Z], ["F32", C, K, Z]):
             raise ArtifactError(
                 str(path),
-                f"directions table of shape {shape}; the manifest's {K} direction(s) "
-                f"imply {[K, Z]} or per class {[C, K, Z]}",
+                f"directions table {shape}; the manifest's {K} direction(s) imply float32 "
+                f"{[K, Z]} or per class {[C, K, Z]}",
             )
         try:
             table = load_file(path)["directions"]
-        except (SafetensorError, OSError, ValueError, TypeError) as e:
+        except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as e:
             raise ArtifactError(str(path), f"unreadable safetensors ({e})") from None
         if (
             table.dtype.kind != "f"

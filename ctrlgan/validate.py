@@ -40,14 +40,14 @@ MAX_SEED_STRING = 1 << 20
 
 
 def is_int(x) -> bool:
-    """An int or numpy integer scalar, not a bool."""
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+    """An int or numpy integer scalar: not a bool, not a numpy timedelta."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_, np.timedelta64))
 
 
 def is_real(x) -> bool:
     """An int, float or numpy integer or floating scalar: not bool, complex, str or bytes."""
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(
-        x, (bool, np.bool_)
+        x, (bool, np.bool_, np.timedelta64)
     )
 
 
@@ -133,6 +133,8 @@ def items(
             n = len(value)
         except OverflowError:  # range(2**70)
             n = math.inf
+        except Exception as e:  # a subclass whose __len__ fails
+            raise InvalidRequest(field, f"cannot be read ({type(e).__name__})") from None
     else:
         raise InvalidRequest(field, f"expected a list of {what}, got {show(value)}")
     if limit is not None and n > limit:
@@ -144,7 +146,15 @@ def items(
         if value.dtype.kind not in "iuf" and value.dtype != object:
             raise InvalidRequest(field, f"expected {what}, got an array of {value.dtype}")
         return value.tolist()
-    return list(value)
+    if type(value) in (list, tuple, range):
+        return list(value)
+    try:  # a subclass: its own iteration, which may lie about its length or fail
+        out = list(value)
+    except Exception as e:
+        raise InvalidRequest(field, f"cannot be read ({type(e).__name__})") from None
+    if len(out) != n:
+        raise InvalidRequest(field, f"reports {n} items but holds {len(out)}")
+    return out
 
 
 def reals(
@@ -157,6 +167,8 @@ def reals(
 ) -> np.ndarray:
     """A flat sequence of finite reals with |x| <= bound, as float64 [N] (N = ``length`` if
     given). Checked element by element: no nested lists, no complex, no strings."""
+    if length is not None and limit is None:
+        limit = length  # a longer sequence is refused before it is copied
     values = items(value, field, limit=limit, what="numbers")
     if length is not None and len(values) != length:
         raise InvalidRequest(field, f"expected {length} numbers, got {len(values)}")

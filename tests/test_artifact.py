@@ -260,14 +260,14 @@ def test_a_table_of_the_wrong_shape_is_refused(digits):
 
     save_file({"directions": torch.randn(3, 63)}, digits / DIRECTIONS)
     _edit(digits, lambda d: d["files"].update({DIRECTIONS: sha256_file(digits / DIRECTIONS)}))
-    with pytest.raises(ArtifactError, match="directions.safetensors.*shape \\[3, 63\\]"):
+    with pytest.raises(ArtifactError, match="directions.safetensors.*\\[.F32., 3, 63\\]"):
         Artifact.open(digits)
 
 
 def test_the_bundled_model_passes_every_check():
     info = _cli("info", "digits")
     assert info.returncode == 0, info.stderr
-    assert info.stdout.count("verified; loads in onnxruntime") == 3
+    assert info.stdout.count("verified; loads and runs in onnxruntime") == 3
 
 
 def _rewrite_tensors(path, name, change):
@@ -331,7 +331,8 @@ def test_weights_must_fit_the_manifest_and_be_finite(digits):
     _edit(digits, eleven)
     with pytest.raises(
         ArtifactError,
-        match="generator.safetensors.*fc.weight: \\[2048, 74\\].*implies \\[2048, 75\\]",
+        match=r"generator.safetensors.*fc.weight: \['F32', 2048, 74\].*"
+        r"implies \['F32', 2048, 75\]",
     ):
         Artifact.open(digits)
 
@@ -367,3 +368,65 @@ def test_weight_shapes_are_the_networks():
     ):
         state = ConditionalGenerator(config).state_dict()
         assert {k: list(v.shape) for k, v in state.items()} == weight_shapes(config)
+
+
+def test_a_swapped_graph_that_fails_on_valid_input_is_an_artifact_error(digits):
+    """A graph with the right signature and a recorded checksum, but another model's class
+    table (2 rows): sampling a class it lacks is an ArtifactError naming the graph (never
+    onnxruntime's own error), and `ctrlgan info` runs every graph once, so it refuses it."""
+    import numpy as np
+
+    import ctrlgan
+    from ctrlgan.artifact import GENERATOR_ONNX, sha256_file
+    from ctrlgan.export import graph
+    from ctrlgan.network import ConditionalGenerator, GeneratorConfig
+
+    other = ConditionalGenerator(GeneratorConfig(z_dim=64, n_classes=2, base_channels=8)).eval()
+    model = graph.build_generator_graph(other, torch.randn(3, 64))
+    (digits / GENERATOR_ONNX).write_bytes(model.SerializeToString())
+    _edit(
+        digits, lambda d: d["files"].update({GENERATOR_ONNX: sha256_file(digits / GENERATOR_ONNX)})
+    )
+    g = ctrlgan.load(digits, backend="onnxruntime")
+    assert g.sample(classes=1, seeds=[3]).shape == (1, 1, 16, 16)  # a class it has
+    with pytest.raises(ArtifactError, match="generator.onnx.*onnxruntime failed"):
+        g.sample(classes=7, seeds=[3])
+    info = _cli("info", str(digits))
+    assert info.returncode == 2 and len(info.stderr.strip().splitlines()) == 1
+    assert "generator.onnx: fails to run" in info.stderr
+    sample = _cli("sample", str(digits), "--backend", "onnxruntime", "-o", str(digits / "x.png"))
+    assert sample.returncode == 2 and len(sample.stderr.strip().splitlines()) == 1, sample.stderr
+    assert np.isfinite(g.sample(classes=0, seeds=[1])).all()
+
+
+def test_listed_files_must_be_regular_files_of_the_artifact(digits):
+    from ctrlgan.artifact import sha256_file
+
+    (digits / "notes.txt").symlink_to("/etc/hostname")
+    _edit(digits, lambda d: d["files"].update({"notes.txt": sha256_file(digits / "notes.txt")}))
+    with pytest.raises(ArtifactError, match="notes.txt: is not a regular file"):
+        Artifact.open(digits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.complex64])
+def test_weights_of_another_dtype_are_refused(digits, dtype):
+    _rewrite_tensors(digits, GENERATOR_WEIGHTS, lambda t: t.update(
+        {k: v.to(dtype) for k, v in t.items() if v.is_floating_point()}
+    ))  # fmt: skip
+    with pytest.raises(ArtifactError, match="generator.safetensors: weights do not match"):
+        Artifact.open(digits)
+
+
+def test_the_report_reads_a_garbled_provenance_without_a_traceback(digits, tmp_path):
+    def garble(d):
+        d["provenance"].update(config=[1, 2], directions=["boundary"])
+
+    _edit(digits, garble)
+    heatmap = tmp_path / "h.png"
+    proc = _cli("directions", str(digits), "--report", "--samples", "20", "--heatmap", str(heatmap))
+    assert proc.returncode == 0, proc.stderr
+    assert heatmap.is_file()
+    _edit(digits, lambda d: d["provenance"].update(dataset="shapes", config={"correlate": 3}))
+    proc = _cli("directions", str(digits), "--report", "--samples", "20")
+    assert proc.returncode == 2 and "provenance.config" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

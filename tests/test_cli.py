@@ -107,11 +107,12 @@ def test_train_help_documents_every_option(capsys):
         (["sample", "{model}", "--seed", "-3"], ["seed"]),
         (["sample", "{model}", "--n", "x"], ["--n"]),
         (["sample", "{model}", "--n", "100000000", "--class", "0-9"], ["n", "batch limit"]),
-        (["sample", "{model}", "--scale", "100000", "-o", "{tmp}/x.png"], ["scale", "pixels"]),
+        (["sample", "{model}", "--scale", "100000", "-o", "{tmp}/x.png"], ["scale", "1..1024"]),
+        (["sample", "{model}", "--scale", "1000", "-o", "{tmp}/x.png"], ["scale", "pixels"]),
         (["train", "--threads", "-1", "--out", "{tmp}/t"], ["threads"]),
         (["interpolate", "{model}", "--from", "5"], ["from", "SEED:CLASS"]),
         (["interpolate", "{model}", "--to", "x:3"], ["to"]),
-        (["interpolate", "{model}", "--to", "3:eleven"], ["end", "eleven"]),
+        (["interpolate", "{model}", "--to", "3:eleven"], ["to", "eleven"]),
         (["interpolate", "{model}", "--steps", "1"], ["steps"]),
         (["interpolate", "{model}", "--method", "cubic"], ["method"]),
         (["interpolate", "{model}", "--vary", "z"], ["vary", "both, noise, class"]),
@@ -351,3 +352,57 @@ def test_training_shows_progress_for_every_phase(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for phase in ("train: 100%", "evaluate: 100%", "30/30", "feature network: 100%"):
         assert phase in proc.stderr, phase
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["sample", "--class", "0-99999999999"], ["class", "more than"]),
+        (["interpolate", "--from", "5:²"], ["from", "²"]),
+        (["interpolate", "--from", "5:99"], ["from", "99"]),
+        (["traverse", "--class", "99"], ["class", "99"]),
+    ],
+)
+def test_messages_keep_the_option_the_user_typed(capsys, argv, words):
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *words)
+
+
+def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):
+    odd = tmp_path / "new\nline"
+    odd.mkdir()
+    code, _, err = run(capsys, "info", str(odd))
+    assert_one_line_error(code, err, "new\\nline", "not a ctrlgan model")
+    (tmp_path / "a\nfile").write_text("")
+    code, _, err = run(capsys, "generate", "--per-class", "1", "--out", str(tmp_path / "a\nfile"))
+    assert_one_line_error(code, err, "out", "a\\nfile", "is a file")
+
+
+def test_a_first_write_that_fails_leaves_no_job_directory(tmp_path):
+    job = tmp_path / "g"
+    proc = _ctrlgan("generate", "--per-class", "1", "--out", str(job), "--quiet",
+                    limit_bytes=100, capture_output=True)  # fmt: skip
+    _file_too_large(proc, job / "job.json")
+    assert not job.exists()
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ctrlgan.cli", "train", "--g-channels", "512", "--image-size",
+           "64", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "g_channels" in lines[0] and "GiB" in lines[0]
+    assert not out.exists()
+    cmd = [sys.executable, "-m", "ctrlgan.cli", "train", "--data", "shapes", "--n-data",
+           "1000000", "--image-size", "64", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert proc.returncode == 2 and "n_data" in proc.stderr and not out.exists()

@@ -171,3 +171,94 @@ def test_image_helpers_refuse_what_they_cannot_draw(tmp_path, g):
     refused("images", ctrlgan.save_grid, x[:0], tmp_path / "g.png")
     assert not list(tmp_path.iterdir())
     assert ctrlgan.save_grid(x, tmp_path / "g.png", nrow=np.int64(2)).is_file()
+
+
+class _LyingList(list):
+    def __len__(self):
+        return 2**70
+
+
+class _BrokenList(list):
+    def __len__(self):
+        raise RuntimeError("len boom")
+
+
+class _Mix(tuple):
+    def __len__(self):
+        return 3
+
+
+def test_sequences_that_lie_about_their_length(g):
+    refused("steer.thickness", g.sample, classes=3, seeds=[1], steer={"thickness": _LyingList([1])})
+    refused("start", g.interpolate, _LyingList([1, 3]), (2, 4))
+    refused("seeds", g.sample, classes=3, seeds=_BrokenList([1]))
+    refused("classes", g.sample, classes=[_Mix((3,))], seeds=[1])
+    from collections import namedtuple
+
+    Mix = namedtuple("Mix", "a b s")
+    assert g.sample(classes=[Mix(3, 8, 0.5)], seeds=[1]).shape == (1, 1, 16, 16)
+
+
+def test_large_inputs_are_refused_before_they_are_copied(g):
+    import tracemalloc
+
+    big = np.zeros(10**7, np.float32)  # 40 MB; a copy to a list would be ~400 MB
+    tracemalloc.start()
+    refused("steer.thickness", g.sample, classes=3, seeds=[1, 2], steer={"thickness": big})
+    refused("seeds", g.sample, classes=3, seeds="1," * 2_000_000)
+    refused("classes", g.sample, classes=np.array(["3"] * 100_000), seeds=[1])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 20e6, peak
+
+
+def test_timedeltas_are_not_numbers(g):
+    refused("seed", g.sample, classes=3, seed=np.timedelta64(3), n=1)
+    refused("truncation", g.sample, classes=3, seeds=[1], truncation=np.timedelta64(1))
+    refused("classes", g.sample, classes=np.timedelta64(3), seeds=[1])
+
+
+def test_the_field_is_the_parameter_the_caller_used(g):
+    refused("cls", g.traverse, 1, 99, "size")
+    refused("cls", g.traverse, 1, [1, 2], "size")
+    refused("generator", ctrlgan.BatchingGenerator, "digits")
+    refused("artifact", ctrlgan.Generator, "digits")
+
+
+def test_save_grid_writes_only_new_or_regular_files(tmp_path, g):
+    x = g.sample(classes=3, seeds=[1, 2])
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    refused("output", ctrlgan.save_grid, x, fifo)
+    refused("output", ctrlgan.save_grid, x, "/dev/null")
+    assert fifo.is_fifo() and os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    refused("output", ctrlgan.save_grid, x, str(tmp_path / "a\0b.png"))
+    refused("output", ctrlgan.save_grid, x, str(tmp_path / "\ud800.png"))
+
+    class BytesPath:
+        def __fspath__(self):
+            return b"x.png"
+
+    refused("output", ctrlgan.save_grid, x, BytesPath())
+    refused("images", ctrlgan.save_grid, np.zeros((1, 5, 4, 4), np.float32), tmp_path / "c.png")
+    refused("images", ctrlgan.save_grid, np.zeros((4096, 1, 1, 1)), tmp_path / "p.png", 64, 1, 1024)
+    refused("images", ctrlgan.to_uint8, np.full((1, 1, 2, 2), np.nan, np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.png"]
+
+
+def test_to_uint8_saturates_every_real_dtype_without_warnings():
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shape = (1, 1, 2, 2)
+        for x in (np.full(shape, 1e300), np.full(shape, -np.inf, np.float32),
+                  np.full(shape, 7, np.int64), np.full(shape, np.inf, np.longdouble)):  # fmt: skip
+            out = ctrlgan.to_uint8(x)
+            assert out.dtype == np.uint8 and out.shape == (1, 2, 2, 1)
+            assert set(out.ravel().tolist()) <= {0, 255}
+        bf16 = ctrlgan.to_uint8(torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16))
+        assert (bf16 == 128).all()
+    refused("images", ctrlgan.to_uint8, torch.zeros(1, 1, 2, 2, device="meta"))

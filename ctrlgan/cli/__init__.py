@@ -38,18 +38,22 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help, --version or a usage error: their output, then exit
+            sys.stdout.flush()
+            raise
         args.argv = argv
         try:
             code = args.func(args)
         except CtrlganError as e:
-            print(f"ctrlgan {args.cmd}: error: {e}", file=sys.stderr)
+            _error(args.cmd, str(e))
             return 2
         except BrokenPipeError:
             raise
         except OSError as e:  # an unwritable output, a full disk: name the file
             where = f": {e.filename}" if e.filename else ""
-            print(f"ctrlgan {args.cmd}: error: {e.strerror or e}{where}", file=sys.stderr)
+            _error(args.cmd, f"{e.strerror or e}{where}")
             return 2
         except KeyboardInterrupt:
             print(f"ctrlgan {args.cmd}: interrupted", file=sys.stderr)
@@ -62,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+
+
+def _error(cmd: str, message: str) -> None:
+    """One line on stderr, whatever the message holds (a path may contain a newline)."""
+    one_line = message.replace("\n", "\\n").replace("\r", "\\r")
+    print(f"ctrlgan {cmd}: error: {one_line}", file=sys.stderr)
 
 
 __all__ = ["build_parser", "main"]

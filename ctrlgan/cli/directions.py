@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ctrlgan import validate
 from ctrlgan.cli import options
-from ctrlgan.errors import InvalidRequest
+from ctrlgan.errors import ArtifactError, InvalidRequest
 
 MAX_SAMPLES = 1_000_000  # noise rows held in memory with their images
 MAX_GRAD_STEPS = 10_000
@@ -284,7 +284,7 @@ def _directions_report(args: argparse.Namespace, artifact, fset) -> int:
         print(f"feature correlation on {dataset.name} ({len(dataset)} images)")
         _print_correlation(columns, correlation)
     if heatmap is not None:
-        method = artifact.manifest.provenance.get("directions", {}).get("method", "?")
+        method = _mapping(artifact.manifest.provenance.get("directions")).get("method", "?")
         directions.write_heatmap(
             heatmap,
             dir_names,
@@ -326,12 +326,22 @@ def _report_data(artifact, spec):
             )
         return dataset
     provenance = artifact.manifest.provenance
-    config = provenance.get("config", {})
+    config = _mapping(provenance.get("config"))
     if provenance.get("dataset") == "digits":
         return load_dataset("digits", size=h)
     if provenance.get("dataset") == "shapes":
-        correlate = [tuple(c) for c in config.get("correlate", [])]
-        return load_dataset(
-            "shapes", size=h, n=5000, seed=config.get("seed", 0), correlate=correlate
-        )
+        try:
+            correlate = [tuple(c) for c in config.get("correlate", [])]
+            seed = validate.integer(config.get("seed", 0), "seed", 0, 2**63 - 1)
+        except (TypeError, ValueError):  # InvalidRequest is one too
+            raise ArtifactError(
+                str(artifact.path / "manifest.json"),
+                "provenance.config cannot rebuild the shapes data set: give --data",
+            ) from None
+        return load_dataset("shapes", size=h, n=5000, seed=seed, correlate=correlate)
     return None
+
+
+def _mapping(value) -> dict:
+    """A provenance entry that should be an object (an edited manifest may hold anything)."""
+    return value if isinstance(value, dict) else {}

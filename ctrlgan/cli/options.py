@@ -86,6 +86,8 @@ def int_list(text: str, field: str) -> list[int]:
                 out.extend(range(first, last + 1))
             else:
                 out.append(int(part))
+        except InvalidRequest:
+            raise
         except ValueError:
             shown = text if len(text) <= 40 else text[:37] + "..."
             raise InvalidRequest(field, f"expected N, N-M or a comma list, got {shown!r}") from None

@@ -154,7 +154,12 @@ def run_interpolate(args: argparse.Namespace) -> int:
     points = [options.seed_class(text, field) for text, field in ((args.start, "from"),
                                                                   (args.end, "to"))]  # fmt: skip
     g = ctrlgan.load(args.model, backend=args.backend)
-    ends = [(seed, int(c) if c.isdigit() and c not in g.classes else c) for seed, c in points]
+    ends = []
+    for (seed, cls), field in zip(points, ("from", "to"), strict=True):
+        chosen = options.class_spec(cls, g.classes, field=field)
+        if len(chosen) != 1:
+            raise InvalidRequest(field, f"give one class, got {cls!r}")
+        ends.append((seed, chosen[0]))
     if args.grid:
         strips = [
             g.interpolate(ends[0], ends[1], steps=args.steps, method=m, vary=v)

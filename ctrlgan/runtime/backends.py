@@ -34,7 +34,7 @@ import functools
 import numpy as np
 
 from ctrlgan.artifact import GENERATOR_ONNX, Artifact
-from ctrlgan.errors import BackendUnavailable
+from ctrlgan.errors import ArtifactError, BackendUnavailable
 from ctrlgan.kernels.contract import SLERP_EPS
 from ctrlgan.runtime import cuda, philox
 from ctrlgan.runtime.request import Rows
@@ -80,6 +80,11 @@ def slerp(z_a: np.ndarray, z_b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(degenerate, lerped, ca * z_a + cb * z_b).astype(f32)
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1][:200] if text else type(error).__name__
+
+
 @functools.lru_cache(maxsize=64)
 def _zeros(n: int) -> np.ndarray:
     """A read-only float32 zero vector (t = 0 for every call without interpolation)."""
@@ -100,6 +105,7 @@ class OnnxRuntimeBackend:
                 f"onnxruntime: {artifact.path} has no {GENERATOR_ONNX}; run `ctrlgan export`"
             )
         self.z_dim = artifact.manifest.z_dim
+        self.path = str(artifact.path / GENERATOR_ONNX)
         self.session = OrtSession.open(artifact, device=device, intra_op_threads=threads)
 
     def feeds(self, rows: Rows) -> dict[str, np.ndarray]:
@@ -110,11 +116,19 @@ class OnnxRuntimeBackend:
         }  # fmt: skip
 
     def __call__(self, rows: Rows) -> np.ndarray:
-        image = self.session.run(self.feeds(rows))
+        feeds = self.feeds(rows)
+        try:
+            image = self.session.run(feeds)
+        except Exception as e:  # the inputs are validated: a graph that fails on them is broken
+            raise ArtifactError(
+                self.path, f"onnxruntime failed on a valid request ({_first_line(e)})"
+            ) from None
         # onnxruntime's Tanh is an approximation that saturates one ulp above 1 (1.0000001,
         # found by fuzzing steering alphas ~100); the contract is [-1, 1]. In place, ~1 µs.
         np.minimum(image, 1.0, out=image)
         np.maximum(image, -1.0, out=image)
+        if np.isnan(image.sum()):  # min/max keep NaN; the sum sees one anywhere (~1 µs)
+            raise ArtifactError(self.path, "the graph produced NaN on a valid request")
         return image
 
 

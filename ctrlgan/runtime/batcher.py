@@ -102,6 +102,11 @@ class BatchingGenerator:
         max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
         max_queue: int = DEFAULT_MAX_QUEUE,
     ):
+        if not isinstance(generator, Generator):
+            raise InvalidRequest(
+                "generator",
+                f"expected a Generator (ctrlgan.load(...)), got {validate.show(generator)}",
+            )
         max_batch_size = validate.integer(max_batch_size, "max_batch_size", lo=1)
         max_queue = validate.integer(max_queue, "max_queue", lo=1)
         max_delay_ms = validate.real(max_delay_ms, "max_delay_ms", 0.0, MAX_DELAY_MS)

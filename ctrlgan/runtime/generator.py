@@ -41,6 +41,11 @@ class Generator:
         max_batch: int = DEFAULT_MAX_BATCH,
         threads: int = 0,
     ):
+        if not isinstance(artifact, Artifact):
+            raise InvalidRequest(
+                "artifact",
+                f"expected a ctrlgan Artifact, got {validate.show(artifact)}: use ctrlgan.load",
+            )
         backend = validate.choice(backend, "backend", BACKENDS)
         if device is not None:
             device = validate.choice(device, "device", ("cpu", "cuda"))
@@ -172,6 +177,7 @@ class Generator:
                 "feature", f"unknown feature {validate.show(feature)}; known: {known}"
             )
         values = validate.reals(alphas, "alphas", bound=request.MAX_ALPHA, limit=self.max_batch)
+        cls = request.class_index(cls, self.classes, "cls")
         if not validate.is_int(seed) or not 0 <= int(seed) < request.MAX_SEED:
             raise InvalidRequest("seed", f"must be an int in [0, 2**64), got {validate.show(seed)}")
         return self.sample(
@@ -238,8 +244,11 @@ def convert(images: np.ndarray, output: str):
 
 
 def _endpoint(point, name: str, classes) -> tuple[int, int]:
-    if not isinstance(point, (tuple, list)) or len(point) != 2:
+    if not isinstance(point, (tuple, list)):
         raise InvalidRequest(name, f"must be a (seed, class) pair, got {validate.show(point)}")
+    point = validate.items(point, name, 2, "values")
+    if len(point) != 2:
+        raise InvalidRequest(name, f"must be a (seed, class) pair, got {len(point)} values")
     seed = point[0]
     if not validate.is_int(seed) or not 0 <= int(seed) < request.MAX_SEED:
         raise InvalidRequest(name, f"seed must be an int in [0, 2**64), got {validate.show(seed)}")

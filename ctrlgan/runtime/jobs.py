@@ -79,6 +79,7 @@ MAX_SHARD_BYTES = 1 << 30
 MAX_CLASSES = 10_000  # entries of --classes (a class may be listed more than once)
 NPZ_SHARD_OVERHEAD = 4096  # zip and .npy headers of one shard, rounded up
 PNG_MIN_BYTES = 67  # the smallest possible PNG file: a lower bound per image
+MAX_JOB_FILE_BYTES = 64 << 20  # job.json lists at most MAX_SHARDS digests: ~10 MB
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,15 @@ def run_job(
     out = Path(out_dir)
     if not (out / JOB_FILE).exists():  # a new job: all of it must fit before DIR is made
         _check_space(out, job, job["total_images"], job["n_shards"])
+    created = not out.exists()
     _make_dir(out)
     with _locked(out):
-        record = _open_job(out, generator, job)
+        try:
+            record = _open_job(out, generator, job)
+        except BaseException:
+            if created:  # e.g. a full disk on job.json: leave no empty directory behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         _remove_temporaries(out)
         total, n_shards = job["total_images"], job["n_shards"]
         names = [shard_name(k, spec.format) for k in range(n_shards)]
@@ -344,10 +351,14 @@ def _open_job(out: Path, g, job: dict) -> dict:
         _write_json(path, record)
         return record
     try:
+        # a regular file of a plausible size (100,000 shards are ~10 MB): never a FIFO, a
+        # device or a link to one, which would block or fill memory
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_JOB_FILE_BYTES:
+            raise ValueError
         record = json.loads(path.read_text())
         if not isinstance(record, dict) or not isinstance(record.get("shards"), dict):
             raise ValueError
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError, OSError):
         raise InvalidRequest("out", f"{path} is not a ctrlgan job manifest") from None
     theirs = {k: v for k, v in record.items() if k not in _MUTABLE}
     ours = json.loads(json.dumps(job))

@@ -71,7 +71,7 @@ class OrtSession:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
-        options.log_severity_level = 3  # errors only
+        options.log_severity_level = 4  # fatal only: failures reach the caller as exceptions
         self.device = device
         self.session = ort.InferenceSession(model, options, providers=providers_for(device))
         self.inputs = [i.name for i in self.session.get_inputs()]

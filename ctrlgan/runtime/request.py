@@ -113,12 +113,18 @@ def parse_classes(
     if scalar:
         entries = [classes]
     elif isinstance(classes, np.ndarray) and classes.dtype.kind == "U" and classes.ndim == 1:
+        if limit is not None and classes.size > limit:
+            raise InvalidRequest(
+                "classes", f"{classes.size} classes exceed the batch limit {limit}"
+            )
         entries = validate.items(classes.astype(object), "classes", limit, "classes", "batch limit")
     else:
         entries = validate.items(classes, "classes", limit, "classes", "batch limit")
     a, b, s = [], [], []
     for item in entries:
         if isinstance(item, tuple):
+            if type(item) is not tuple:  # a subclass, e.g. a namedtuple: its plain values
+                item = tuple(validate.items(item, "classes", 3, "values"))
             if len(item) != 3:
                 raise InvalidRequest(
                     "classes", f"a class mix is (class_a, class_b, s), got {len(item)} items"
@@ -181,6 +187,8 @@ def parse_seed_string(text: str) -> list[int]:
     """'0-15' or '1,4,7-9' (StyleGAN's --seeds) -> a list of ints."""
     out: list[int] = []
     shown = text if len(text) <= 40 else text[:37] + "..."
+    if text.count(",") >= validate.MAX_SEED_STRING:  # counted before anything is split
+        raise InvalidRequest("seeds", f"{shown!r} names more than {validate.MAX_SEED_STRING} seeds")
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
         try:

@@ -77,6 +77,15 @@ class TrainConfig:
         validate.integer(self.feature_steps, "feature_steps", 0, MAX_STEPS)
         if self.n_data is not None:  # shapes are rendered in memory: 4 KiB each at 32 px
             validate.integer(self.n_data, "n_data", 1, MAX_RENDERED)
+            size = self.image_size or 32
+            total = available_memory()
+            need = self.n_data * (size * size + 4) * 4  # float32 pixels and four factors
+            if self.data == "shapes" and total is not None and need > 0.5 * total:
+                raise InvalidRequest(
+                    "n_data",
+                    f"{self.n_data:,} shapes of {size}x{size} need {need / 2**30:.1f} GiB; "
+                    f"more than half of the {total / 2**30:.1f} GiB available",
+                )
         validate.integer(self.eval_per_class, "eval_per_class", 0, 100_000)
         if self.image_size is not None and self.image_size not in IMAGE_SIZES:
             raise InvalidRequest("image_size", f"must be one of {IMAGE_SIZES}")
@@ -134,3 +143,23 @@ class TrainConfig:
         if not self.info_codes and not self.info_categories:
             return None
         return InfoCodes(self.info_codes, self.info_categories)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may use: physical memory, or less under an address-space limit
+    (ulimit -v); None where the platform does not say."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            total = min(total, soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return total

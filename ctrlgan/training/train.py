@@ -23,6 +23,7 @@ A run directory (--out) holds:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -36,13 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ctrlgan._fs import write_atomic
+from ctrlgan.architecture import activations, parameters
 from ctrlgan.artifact import GENERATOR_WEIGHTS, Artifact, Manifest, write_artifact
 from ctrlgan.errors import CtrlganError, InvalidRequest
 from ctrlgan.images import save_grid
 from ctrlgan.kernels.reference import noise
 from ctrlgan.network import IMAGE_SIZES, ConditionalGenerator, GeneratorConfig
 from ctrlgan.training import feature_net, losses, metrics
-from ctrlgan.training.config import TrainConfig
+from ctrlgan.training.config import TrainConfig, available_memory
 from ctrlgan.training.data import load_dataset
 from ctrlgan.training.disentangle import (
     InfoCodes,
@@ -113,6 +115,16 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             f"the feature network needs >= {feature_net.min_images(data.classes)} images, "
             f"{data.name!r} has {len(data)}: pass --feature-steps 0",
         )
+    g_config = GeneratorConfig(
+        z_dim=config.z_dim,
+        n_classes=len(data.classes),
+        image_size=height,
+        channels=channels,
+        base_channels=config.g_channels,
+        embedding=config.embedding,
+        embed_dim=config.embed_dim if config.embedding == "learned" else 0,
+    )
+    _check_memory(config, g_config, data)
     checkpoint_path = out / CHECKPOINT
     if config.resume and not checkpoint_path.is_file():  # before mkdir: nothing is left behind
         raise InvalidRequest("resume", f"no checkpoint in {str(out)!r} to resume from")
@@ -128,15 +140,6 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # Networks and optimisers, seeded for reproducible initial weights.
     torch.manual_seed(config.seed)
     n_classes = len(data.classes)
-    g_config = GeneratorConfig(
-        z_dim=config.z_dim,
-        n_classes=n_classes,
-        image_size=height,
-        channels=channels,
-        base_channels=config.g_channels,
-        embedding=config.embedding,
-        embed_dim=config.embed_dim if config.embedding == "learned" else 0,
-    )
     G = ConditionalGenerator(g_config)
     D = Discriminator(
         n_classes,
@@ -301,6 +304,30 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     )
     artifact = write_artifact(out / "model", manifest, tensors)
     return TrainResult(artifact, step, result_metrics, seconds)
+
+
+def _check_memory(config: TrainConfig, g_config: GeneratorConfig, data) -> None:
+    """Refuse a run that cannot fit in this machine's memory, before anything is created: an
+    estimate of both networks (weights, gradients, Adam's two moments) and of a batch's
+    activations (the discriminator estimated as a generator of its width), plus the data."""
+    total = available_memory()
+    if total is None:
+        return
+    batch = min(config.batch_size, len(data))  # a batch is drawn from the data set
+    d_config = dataclasses.replace(g_config, base_channels=config.d_channels)
+    weights = sum(4 * 4 * parameters(net) for net in (g_config, d_config))
+    batches = sum(4 * 3 * batch * activations(net) for net in (g_config, d_config))
+    need = weights + batches + data.images.numel() * data.images.element_size()
+    if need > 0.8 * total:
+        wider = "g_channels" if config.g_channels >= config.d_channels else "d_channels"
+        raise InvalidRequest(
+            wider if weights > batches else "batch_size",
+            f"this run needs about {need / 2**30:.1f} GiB of memory (networks of width "
+            f"{config.g_channels}/{config.d_channels}, batch {batch}, {len(data)} images of "
+            f"{'x'.join(map(str, data.image_shape))}), over 80% of the {total / 2**30:.1f} GiB "
+            "available: "
+            "lower --batch-size, --g-channels or --d-channels",
+        )
 
 
 def _info_provenance(config: TrainConfig, info: InfoCodes) -> dict:

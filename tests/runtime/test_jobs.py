@@ -268,3 +268,21 @@ def test_the_cli_lists_the_jobs_formats():
     from ctrlgan.runtime import jobs
 
     assert generate.FORMATS == jobs.FORMATS
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "deep"])
+def test_a_job_file_that_is_not_a_job_manifest_is_refused_at_once(g, tmp_path, kind):
+    """job.json as a FIFO (would block), a link to /dev/zero (would fill memory) or JSON too
+    deep for the parser: one InvalidRequest, nothing read past a bound, nothing written."""
+    out = tmp_path / "job"
+    out.mkdir()
+    job = out / "job.json"
+    if kind == "fifo":
+        os.mkfifo(job)
+    elif kind == "link":
+        job.symlink_to("/dev/zero")
+    else:
+        job.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ctrlgan.errors.InvalidRequest, match="not a ctrlgan job manifest"):
+        run_job(g, JobSpec(classes=[1], per_class=2), out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["job.json"]
