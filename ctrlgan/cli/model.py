@@ -71,14 +71,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     from ctrlgan.artifact import Artifact
-    from ctrlgan.runtime.ort import OrtSession
+    from ctrlgan.runtime.ort import OrtSession, check_runs
 
     artifact = Artifact.open(args.model)  # checksums, the manifest's meaning, the table
     m = artifact.manifest
     graphs = [name for name in m.files if name.endswith(".onnx")]
     for name in graphs:  # each graph loads, declares the signature the manifest records, and
         session = OrtSession.open(artifact, name, device="cpu", intra_op_threads=1)
-        _smoke(artifact, name, session)  # draws a finite image of every class
+        check_runs(artifact, name, session)  # draws a finite image of every class
     if args.json:
         print(m.to_json(), end="")
         return 0
@@ -99,40 +99,3 @@ def run_info(args: argparse.Namespace) -> int:
         how = "verified; loads and runs in onnxruntime" if name in graphs else "verified"
         print(f"file         {name}  sha256 {digest[:16]}…  ({how})")
     return 0
-
-
-def _smoke(artifact, name: str, session) -> None:
-    """Run a graph once on one row per class (seeds 0..C-1, no steering or mixing): it must
-    give finite images of the manifest's shape, else the artifact cannot sample."""
-    import numpy as np
-
-    import ctrlgan
-    from ctrlgan.artifact import BODY_ONNX
-    from ctrlgan.errors import ArtifactError
-
-    m = artifact.manifest
-    C, Z = len(m.classes), m.z_dim
-    z = ctrlgan.noise(range(C), Z)
-    classes = np.arange(C, dtype=np.int64)
-    if name == BODY_ONNX:
-        width = session.signature()["inputs"][0][2][1]
-        latent = np.zeros((C, width), np.float32)
-        latent[:, :Z] = z
-        if m.embedding == "onehot":
-            latent[classes, Z + classes] = 1.0
-        feeds = {"latent": latent}
-    else:
-        zeros = np.zeros(C, np.float32)
-        feeds = {
-            "z_a": z, "z_b": z, "t": zeros, "class_a": classes, "class_b": classes, "s": zeros,
-            "alpha": np.zeros((C, len(m.directions)), np.float32),
-        }  # fmt: skip
-    try:
-        image = session.run(feeds)
-    except Exception as e:
-        text = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        raise ArtifactError(str(artifact.path / name), f"fails to run ({text})") from None
-    if image.shape != (C, *m.image_shape) or not np.isfinite(image).all():
-        raise ArtifactError(
-            str(artifact.path / name), "does not draw finite images of the manifest's shape"
-        )

@@ -19,10 +19,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ctrlgan.artifact import GENERATOR_ONNX, Artifact
+from ctrlgan.artifact import BODY_ONNX, GENERATOR_ONNX, Artifact
 from ctrlgan.errors import ArtifactError, BackendUnavailable, InvalidRequest
 from ctrlgan.runtime import cuda
 
+SMOKE_ROWS = 64  # classes check_runs draws
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 # onnxruntime's type strings -> the element names of the manifest's signatures (onnx's)
@@ -160,3 +161,37 @@ class OrtSession:
         binding.bind_output(self.output, "cpu", 0, np.float32, out.shape, out.ctypes.data)
         self.session.run_with_iobinding(binding)
         return out
+
+
+def check_runs(artifact: Artifact, name: str, session: OrtSession) -> None:
+    """Run a graph once on one row per class (at most SMOKE_ROWS classes, spread from the
+    first to the last; seeds 0.., no steering or mixing): it must give finite images of the
+    manifest's shape, else the artifact cannot sample."""
+    from ctrlgan.runtime import philox
+
+    m = artifact.manifest
+    classes = np.unique(np.linspace(0, len(m.classes) - 1, SMOKE_ROWS).round().astype(np.int64))
+    C, Z = len(classes), m.z_dim
+    z = philox.normal(np.arange(C, dtype=np.uint64), Z)
+    if name == BODY_ONNX:  # the class part of the latent: one-hot, or zeros for a table
+        width = session.signature()["inputs"][0][2][1]
+        latent = np.zeros((C, width), np.float32)
+        latent[:, :Z] = z
+        if m.embedding == "onehot":
+            latent[np.arange(C), Z + classes] = 1.0
+        feeds = {"latent": latent}
+    else:
+        zeros = np.zeros(C, np.float32)
+        feeds = {
+            "z_a": z, "z_b": z, "t": zeros, "class_a": classes, "class_b": classes, "s": zeros,
+            "alpha": np.zeros((C, len(m.directions)), np.float32),
+        }  # fmt: skip
+    try:
+        image = session.run(feeds)
+    except Exception as e:
+        text = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        raise ArtifactError(str(artifact.path / name), f"fails to run ({text})") from None
+    if image.shape != (C, *m.image_shape) or not np.isfinite(image).all():
+        raise ArtifactError(
+            str(artifact.path / name), "does not draw finite images of the manifest's shape"
+        )
