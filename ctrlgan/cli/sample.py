@@ -151,8 +151,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
         raise InvalidRequest("grid", f"--grid draws every mode, one per row; drop {given}")
     out = options.png_path(args.output)
     options.positive(args.scale, "scale")
-    points = [options.seed_class(text, field) for text, field in ((args.start, "from"),
-                                                                  (args.end, "to"))]  # fmt: skip
+    points = [options.seed_class(args.start, "from"), options.seed_class(args.end, "to")]
     g = ctrlgan.load(args.model, backend=args.backend)
     ends = []
     for (seed, cls), field in zip(points, ("from", "to"), strict=True):
