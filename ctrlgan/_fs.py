@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+TMP_PREFIX = ".ctrlgan-tmp-"  # temporaries of atomic writes (a job removes its own on start)
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -44,7 +46,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> 
     ``path``."""
     path = Path(path)
     with naming(path):
-        fd, tmp = tempfile.mkstemp(prefix=".ctrlgan-tmp-", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

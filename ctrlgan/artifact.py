@@ -201,17 +201,22 @@ def _names(value, field_name: str, path: str) -> None:
         raise ArtifactError(path, f"{field_name}: repeated name(s) {', '.join(repeated)}")
 
 
-def _finite(path: Path, what: str) -> None:
-    """Every float tensor of a safetensors file is finite (a diverged run writes NaN)."""
-    import numpy as np
+def _read_numpy(path: Path) -> dict:
+    """A safetensors file's tensors as numpy arrays (no torch), or ArtifactError."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     try:
-        tensors = load_file(path)
+        return load_file(path)
     except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as e:
         raise ArtifactError(str(path), f"unreadable safetensors ({str(e)[:200]})") from None
-    for name, value in tensors.items():
+
+
+def _finite(path: Path, what: str) -> None:
+    """Every float tensor of a safetensors file is finite (a diverged run writes NaN)."""
+    import numpy as np
+
+    for name, value in _read_numpy(path).items():
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise ArtifactError(str(path), f"{what}: {name} holds NaN or inf")
 
@@ -353,9 +358,6 @@ class Artifact:
 
     def _verify_table(self) -> None:
         """The direction table: the shape the manifest implies, finite, bounded entries."""
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         m, path = self.manifest, self.path / DIRECTIONS
         K, Z, C = len(m.directions), m.z_dim, len(m.classes)
         shape = safetensors_shapes(path).get("directions")
@@ -365,10 +367,7 @@ class Artifact:
                 f"directions table {shape}; the manifest's {K} direction(s) imply float32 "
                 f"{[K, Z]} or per class {[C, K, Z]}",
             )
-        try:
-            table = load_file(path)["directions"]
-        except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as e:
-            raise ArtifactError(str(path), f"unreadable safetensors ({e})") from None
+        table = _read_numpy(path)["directions"]
         if (
             table.dtype.kind != "f"
             or not (abs(table.astype("float64")) <= MAX_DIRECTION_VALUE).all()
@@ -424,8 +423,6 @@ def write_artifact(
     direction table change (they bake both in: re-export).
     The manifest's ``files`` is recomputed from what is written.
     """
-    from safetensors.torch import save
-
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -438,7 +435,7 @@ def write_artifact(
         raise InvalidRequest("out", f"cannot write to {str(parent)!r} ({e.strerror})") from None
     try:
         with naming(path):  # a full disk: one error naming the artifact, not the temporary
-            _assemble(path, tmp, manifest, tensors, files or {}, keep, save)
+            _assemble(path, tmp, manifest, tensors, files or {}, keep)
             _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -446,8 +443,10 @@ def write_artifact(
     return Artifact.open(path)
 
 
-def _assemble(path: Path, tmp: Path, manifest: Manifest, tensors, files, keep, save) -> None:
+def _assemble(path: Path, tmp: Path, manifest: Manifest, tensors, files, keep) -> None:
     """Write the new artifact's files and manifest into ``tmp`` (see write_artifact)."""
+    from safetensors.torch import save
+
     written: dict[str, str] = {}
     for name, state in tensors.items():
         data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})

@@ -40,3 +40,10 @@ class Overloaded(CtrlganError):
 
 class BackendUnavailable(CtrlganError):
     """The requested backend cannot run on this machine."""
+
+
+def summary(error: BaseException) -> str:
+    """One short line of a library's exception for a message of ours (onnxruntime's errors
+    carry their point on the last line)."""
+    text = str(error).strip()
+    return text.splitlines()[-1][:200] if text else type(error).__name__

@@ -53,12 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if args.backends is None:
         args.backends = ("torch", "onnxruntime") + (("triton",) if cuda.available() else ())
     artifact = Artifact.open(args.model)
-    for path, suffix in ((args.json, ".json"), (args.plot, ".png")):
-        if path is not None and (path.suffix.lower() != suffix or not path.parent.is_dir()):
-            raise InvalidRequest(
-                "json" if suffix == ".json" else "plot",
-                f"{str(path)!r} must be a {suffix} file in an existing directory",
-            )
+    if args.json is not None:
+        options.output_file(args.json, "json", ".json")
+    if args.plot is not None:
+        options.output_file(args.plot, "plot")
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-from pathlib import Path
 
 from ctrlgan import validate
 from ctrlgan.cli import options
@@ -244,11 +243,7 @@ def _directions_report(args: argparse.Namespace, artifact, fset) -> int:
     validate.integer(samples, "samples", 20, MAX_SAMPLES)
     if args.seed < 0:
         raise InvalidRequest("seed", f"must be >= 0, got {args.seed}")
-    heatmap = None if args.heatmap is None else Path(args.heatmap)
-    if heatmap is not None and (heatmap.suffix.lower() != ".png" or not heatmap.parent.is_dir()):
-        raise InvalidRequest(
-            "heatmap", f"{str(heatmap)!r} must be a .png file in an existing directory"
-        )
+    heatmap = None if args.heatmap is None else options.output_file(args.heatmap, "heatmap")
     if heatmap is not None:
         try:
             import matplotlib  # noqa: F401

@@ -183,11 +183,12 @@ def name_tuple(text: str) -> tuple[str, ...]:
     return out
 
 
-def png_path(text: str | Path, field: str = "output") -> Path:
-    """A .png file to write; its directory must exist (checked before any work)."""
+def output_file(text: str | Path, field: str = "output", suffix: str = ".png") -> Path:
+    """A file to write (a .png, or ``suffix``); its directory must exist (checked before any
+    work)."""
     path = Path(text)
-    if path.suffix.lower() != ".png":
-        raise InvalidRequest(field, f"must be a .png file, got {str(path)!r}")
+    if path.suffix.lower() != suffix:
+        raise InvalidRequest(field, f"must be a {suffix} file, got {str(path)!r}")
     if not path.parent.is_dir():
         raise InvalidRequest(field, f"directory {str(path.parent)!r} does not exist")
     if path.is_dir():

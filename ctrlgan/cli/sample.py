@@ -106,7 +106,7 @@ def run_sample(args: argparse.Namespace) -> int:
     import ctrlgan
     from ctrlgan import validate
 
-    out = options.png_path(args.output)
+    out = options.output_file(args.output)
     options.positive(args.scale, "scale")
     n = validate.integer(args.n, "n", lo=1)
     truncation = _truncation(args.truncation)
@@ -149,7 +149,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
     if args.grid and (method is not None or vary is not None):
         given = "--method" if method is not None else "--vary"
         raise InvalidRequest("grid", f"--grid draws every mode, one per row; drop {given}")
-    out = options.png_path(args.output)
+    out = options.output_file(args.output)
     options.positive(args.scale, "scale")
     points = [options.seed_class(args.start, "from"), options.seed_class(args.end, "to")]
     g = ctrlgan.load(args.model, backend=args.backend)
@@ -184,7 +184,7 @@ def run_traverse(args: argparse.Namespace) -> int:
 
     import ctrlgan
 
-    out = options.png_path(args.output)
+    out = options.output_file(args.output)
     options.positive(args.scale, "scale")
     alphas = options.reals(args.alphas, "alphas")
     if not 0 <= args.seed < 2**64:

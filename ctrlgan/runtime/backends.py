@@ -34,7 +34,7 @@ import functools
 import numpy as np
 
 from ctrlgan.artifact import GENERATOR_ONNX, Artifact
-from ctrlgan.errors import ArtifactError, BackendUnavailable
+from ctrlgan.errors import ArtifactError, BackendUnavailable, summary
 from ctrlgan.kernels.contract import SLERP_EPS
 from ctrlgan.runtime import cuda, philox
 from ctrlgan.runtime.request import Rows
@@ -80,11 +80,6 @@ def slerp(z_a: np.ndarray, z_b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(degenerate, lerped, ca * z_a + cb * z_b).astype(f32)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[-1][:200] if text else type(error).__name__
-
-
 @functools.lru_cache(maxsize=64)
 def _zeros(n: int) -> np.ndarray:
     """A read-only float32 zero vector (t = 0 for every call without interpolation)."""
@@ -123,7 +118,7 @@ class OnnxRuntimeBackend:
             image = self.session.run(feeds)
         except Exception as e:  # the inputs are validated: a graph that fails on them is broken
             raise ArtifactError(
-                self.path, f"onnxruntime failed on a valid request ({_first_line(e)})"
+                self.path, f"onnxruntime failed on a valid request ({summary(e)})"
             ) from None
         # onnxruntime's Tanh is an approximation that saturates one ulp above 1 (1.0000001,
         # found by fuzzing steering alphas ~100); the contract is [-1, 1]. In place, ~1 µs.

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from ctrlgan import __version__, validate
-from ctrlgan._fs import free_bytes, fsync_path, make_readable, naming, write_atomic
+from ctrlgan._fs import TMP_PREFIX, free_bytes, fsync_path, make_readable, naming, write_atomic
 from ctrlgan.artifact import DIRECTIONS, GENERATOR_ONNX, GENERATOR_WEIGHTS
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.images import to_uint8
@@ -70,7 +70,7 @@ JOB_VERSION = 1
 FORMATS = ("npz", "png")
 LABELS_CSV = "labels.csv"
 SEED_RULE = "seed of image i of the class at position p in classes: seed + p * per_class + i"
-_TMP = ".ctrlgan-tmp-"  # prefix of temporary shards and manifests; removed on every start
+_TMP = TMP_PREFIX  # prefix of temporary shards and manifests; removed on every start
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp, for every entry
 _MUTABLE = ("model", "shards", "complete")  # job.json fields that are not the job's identity
 MAX_JOB_IMAGES = 10**9
@@ -265,7 +265,7 @@ def _describe(g, spec: JobSpec) -> dict:
             f"{total:,} images in shards of {shard_size:,} make {n_shards:,} shards, over the "
             f"limit {MAX_SHARDS:,}: give a larger shard size",
         )
-    if not _is_int(spec.seed) or not 0 <= spec.seed < request.MAX_SEED:
+    if not validate.is_int(spec.seed) or not 0 <= spec.seed < request.MAX_SEED:
         raise InvalidRequest("seed", f"must be an int in [0, 2**64), got {spec.seed!r}")
     if spec.seed + total > request.MAX_SEED:
         raise InvalidRequest(
@@ -320,10 +320,6 @@ def _size(n: float) -> str:
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n} PiB"
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def _model_files(g) -> dict[str, str]:

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ctrlgan.artifact import BODY_ONNX, GENERATOR_ONNX, Artifact
-from ctrlgan.errors import ArtifactError, BackendUnavailable, InvalidRequest
+from ctrlgan.errors import ArtifactError, BackendUnavailable, InvalidRequest, summary
 from ctrlgan.runtime import cuda
 
 SMOKE_ROWS = 64  # classes check_runs draws
@@ -102,8 +102,7 @@ class OrtSession:
         except (InvalidRequest, BackendUnavailable):
             raise
         except Exception as e:  # onnxruntime's Fail / InvalidGraph / InvalidProtobuf
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ArtifactError(str(path), f"onnxruntime cannot load it ({first})") from None
+            raise ArtifactError(str(path), f"onnxruntime cannot load it ({summary(e)})") from None
         found = session.signature()
         expected = {"inputs": recorded.get("inputs"), "outputs": recorded.get("outputs")}
         if found != expected:
@@ -189,8 +188,7 @@ def check_runs(artifact: Artifact, name: str, session: OrtSession) -> None:
     try:
         image = session.run(feeds)
     except Exception as e:
-        text = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        raise ArtifactError(str(artifact.path / name), f"fails to run ({text})") from None
+        raise ArtifactError(str(artifact.path / name), f"fails to run ({summary(e)})") from None
     if image.shape != (C, *m.image_shape) or not np.isfinite(image).all():
         raise ArtifactError(
             str(artifact.path / name), "does not draw finite images of the manifest's shape"
