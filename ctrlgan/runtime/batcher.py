@@ -135,6 +135,9 @@ class BatchingGenerator:
         )  # fmt: skip
         self._worker = threading.Thread(target=self._work_loop, name="ctrlgan-batcher", daemon=True)
         self._timer: threading.Thread | None = None  # started by the first request with a timeout
+        # Called by the worker after each successful backend call with (images, seconds of the
+        # call, the queue wait in seconds of each request in it): the server's metrics.
+        self.on_batch = None
         self._worker.start()
 
     # Public API ---------------------------------------------------------------------------
@@ -275,6 +278,11 @@ class BatchingGenerator:
         return self._closed
 
     @property
+    def queued_images(self) -> int:
+        """Images waiting in the queue now (the batch being computed is not counted)."""
+        return self._queued_images
+
+    @property
     def stats(self) -> BatcherStats:
         with self._lock:
             c = dict(self._counts)
@@ -362,6 +370,7 @@ class BatchingGenerator:
 
     def _run(self, batch: list[_Request]) -> None:
         """Outside the lock: one backend call for the batch, then each future its rows."""
+        started = time.monotonic()
         try:
             rows = batch[0].rows if len(batch) == 1 else Rows.concat([r.rows for r in batch])
             images = self.generator.run(rows)
@@ -377,6 +386,12 @@ class BatchingGenerator:
         with self._lock:
             self._counts["backend_calls"] += 1
             self._counts["batched_images"] += len(rows)
+        if self.on_batch is not None:
+            try:
+                waits = [started - req.arrived for req in batch]
+                self.on_batch(len(rows), time.monotonic() - started, waits)
+            except Exception:  # an observer's failure must not fail the requests
+                pass
         start = 0
         for req in batch:
             stop = start + len(req.rows)
