@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint format install clean
+.PHONY: demo test lint format install clean proto serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ format: $(STAMP)
 
 test: lint
 	$(VENV)/bin/python -m pytest -q
+
+# The gRPC messages: proto/inference.proto -> the descriptor set the server loads (committed;
+# tests/serve/test_proto.py checks it is current).
+proto: $(STAMP)
+	cd ctrlgan/serve/proto && ../../../$(PY) -m grpc_tools.protoc -I. --descriptor_set_out=inference.desc inference.proto
+
+serve: $(STAMP)
+	$(VENV)/bin/ctrlgan serve digits
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

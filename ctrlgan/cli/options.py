@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from ctrlgan.errors import InvalidRequest
+from ctrlgan.runtime.request import class_spec, int_list, seed_class  # noqa: F401 (the commands use them from here)
 
 # Anything that starts like a negative number is a value, never an option: `--seed -1`,
 # `--from -5:3`, `--batch-sizes -1,64` and `--alphas -3,-1.5,0` reach the validation that
@@ -70,52 +71,6 @@ def add_scale(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, default=4, help="enlarge pixels by this factor")
 
 
-def int_list(text: str, field: str) -> list[int]:
-    """'3', '0-9', '1,4,7' or '0-3,8' -> a list of ints (at most MAX_LIST of them)."""
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
-        try:
-            if sep and lo:
-                first, last = int(lo), int(hi)
-                if last < first:
-                    raise ValueError
-                if len(out) + last - first >= MAX_LIST:
-                    raise InvalidRequest(field, f"{text[:40]!r} names more than {MAX_LIST} items")
-                out.extend(range(first, last + 1))
-            else:
-                out.append(int(part))
-        except InvalidRequest:
-            raise
-        except ValueError:
-            shown = text if len(text) <= 40 else text[:37] + "..."
-            raise InvalidRequest(field, f"expected N, N-M or a comma list, got {shown!r}") from None
-    return out
-
-
-MAX_LIST = 100_000
-
-
-def class_spec(text: str, names: list[str], field: str = "class") -> list[int]:
-    """--class: 'all', indices and ranges ('3', '0-9', '1,4'), or class names ('heart,square')."""
-    if text == "all":
-        return list(range(len(names)))
-    result = []
-    for part in text.split(","):
-        part = part.strip()
-        if part in names:
-            result.append(names.index(part))
-            continue
-        for c in int_list(part, field):
-            if not 0 <= c < len(names):
-                raise InvalidRequest(
-                    field, f"{c} out of range 0..{len(names) - 1} (classes: {', '.join(names)})"
-                )
-            result.append(c)
-    return result
-
-
 def steer(items: list[str]) -> dict[str, float]:
     """--steer NAME=ALPHA, repeated -> {name: alpha} (the range is the runtime's check)."""
     out = {}
@@ -128,20 +83,6 @@ def steer(items: list[str]) -> dict[str, float]:
         if not sep or not name:
             raise InvalidRequest("steer", f"expected name=alpha, got {item[:40]!r}")
     return out
-
-
-def seed_class(text: str, field: str) -> tuple[int, str]:
-    """'5:3' -> (5, '3'): a SEED:CLASS point (--from, --to)."""
-    seed, sep, cls = text.partition(":")
-    try:
-        value = int(seed)
-    except ValueError:
-        value = None
-    if not sep or value is None or not cls:
-        raise InvalidRequest(field, f"expected SEED:CLASS (e.g. 5:3), got {text[:40]!r}")
-    if not 0 <= value < 2**64:
-        raise InvalidRequest(field, f"seed {value} out of range [0, 2**64)")
-    return value, cls
 
 
 def reals(text: str, field: str) -> list[float]:

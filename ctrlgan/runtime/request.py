@@ -242,3 +242,64 @@ def parse_steer(steer, features: Sequence[str], rows: int) -> np.ndarray:
             )
         alpha[:, list(features).index(name)] = column
     return alpha
+
+
+# Text forms (the CLI's options, the server's query strings) ---------------------------------
+def int_list(text: str, field: str) -> list[int]:
+    """'3', '0-9', '1,4,7' or '0-3,8' -> a list of ints (at most MAX_LIST of them)."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep and lo:
+                first, last = int(lo), int(hi)
+                if last < first:
+                    raise ValueError
+                if len(out) + last - first >= MAX_LIST:
+                    raise InvalidRequest(field, f"{text[:40]!r} names more than {MAX_LIST} items")
+                out.extend(range(first, last + 1))
+            else:
+                out.append(int(part))
+        except InvalidRequest:
+            raise
+        except ValueError:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise InvalidRequest(field, f"expected N, N-M or a comma list, got {shown!r}") from None
+    return out
+
+
+MAX_LIST = 100_000
+
+
+def class_spec(text: str, names: list[str], field: str = "class") -> list[int]:
+    """--class: 'all', indices and ranges ('3', '0-9', '1,4'), or class names ('heart,square')."""
+    if text == "all":
+        return list(range(len(names)))
+    result = []
+    for part in text.split(","):
+        part = part.strip()
+        if part in names:
+            result.append(names.index(part))
+            continue
+        for c in int_list(part, field):
+            if not 0 <= c < len(names):
+                raise InvalidRequest(
+                    field, f"{c} out of range 0..{len(names) - 1} (classes: {', '.join(names)})"
+                )
+            result.append(c)
+    return result
+
+
+def seed_class(text: str, field: str) -> tuple[int, str]:
+    """'5:3' -> (5, '3'): a SEED:CLASS point (--from, --to)."""
+    seed, sep, cls = text.partition(":")
+    try:
+        value = int(seed)
+    except ValueError:
+        value = None
+    if not sep or value is None or not cls:
+        raise InvalidRequest(field, f"expected SEED:CLASS (e.g. 5:3), got {text[:40]!r}")
+    if not 0 <= value < 2**64:
+        raise InvalidRequest(field, f"seed {value} out of range [0, 2**64)")
+    return value, cls

@@ -1,0 +1,107 @@
+"""`ctrlgan serve`: the inference server (ctrlgan/serve/)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ctrlgan.cli import options
+from ctrlgan.errors import InvalidRequest
+
+KEY_ENV = "CTRLGAN_API_KEY"
+
+
+def add_parsers(sub) -> None:
+    s = options.command(
+        sub,
+        "serve",
+        help="serve models over HTTP and gRPC (Open Inference Protocol v2)",
+        description="Serve one or more models: the Open Inference Protocol v2 over HTTP (JSON "
+        "and binary tensors; tritonclient.http, KServe's client, curl) and gRPC "
+        "(tritonclient.grpc), PNG endpoints for people under /v1, Prometheus metrics at "
+        "/metrics. Each model has its own micro-batching queue. SIGTERM or Ctrl-C drains: "
+        "readiness turns 503, accepted requests are answered, then the server exits 0.",
+    )
+    s.add_argument(
+        "models", nargs="*", default=["digits"], metavar="MODEL",
+        help="bundled model names or artifact directories, each served under its name",
+    )  # fmt: skip
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="HTTP port")
+    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
+    s.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
+    options.add_backend(s)
+    s.add_argument("--max-batch-size", type=int, default=64, help="most images per backend call")
+    s.add_argument(
+        "--max-delay-ms", type=float, default=0.0,
+        help="how long the first queued request waits for others to fill a batch",
+    )  # fmt: skip
+    s.add_argument(
+        "--max-queue", type=int, default=1024,
+        help="images that may wait per model; beyond it requests get 429 / RESOURCE_EXHAUSTED",
+    )  # fmt: skip
+    s.add_argument("--max-images", type=int, default=1024, help="most images per request")
+    s.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body, in MiB")
+    s.add_argument(
+        "--request-timeout", type=float, default=60.0,
+        help="seconds a request may wait in a queue before 504 / DEADLINE_EXCEEDED",
+    )  # fmt: skip
+    s.add_argument(
+        "--drain-timeout", type=float, default=30.0,
+        help="seconds to wait for accepted requests on shutdown",
+    )  # fmt: skip
+    s.add_argument(
+        "--api-key-file", default=None,
+        help=f"file holding the API key clients must send as 'Authorization: Bearer KEY' "
+        f"(default: ${KEY_ENV} if set; else no key)",
+    )  # fmt: skip
+    s.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    s.add_argument("--access-log", action="store_true", help="one log line per request")
+    s.set_defaults(func=run)
+
+
+def api_key(path: str | None) -> str | None:
+    if path is None:
+        return os.environ.get(KEY_ENV) or None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4097)
+    except OSError as e:
+        raise InvalidRequest("api-key-file", f"cannot read {path!r} ({e.strerror})") from None
+    try:
+        key = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        key = ""
+    if not key or len(key) > 4096 or not key.isprintable() or " " in key:
+        raise InvalidRequest(
+            "api-key-file", f"{path!r} must hold one printable ASCII key without spaces"
+        )
+    return key
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from ctrlgan import validate
+    from ctrlgan.serve import create_app
+    from ctrlgan.serve.server import run as run_server
+
+    for port, name in ((args.port, "port"), (args.grpc_port, "grpc-port")):
+        validate.integer(port, name, 0, 65535)
+    if not args.no_grpc and args.port == args.grpc_port and args.port != 0:
+        raise InvalidRequest("grpc-port", "must differ from --port")
+    validate.real(args.max_body_mb, "max-body-mb", hi=2048.0, above=0.0)
+    validate.real(args.drain_timeout, "drain-timeout", 0.0, 3600.0)
+    key = api_key(args.api_key_file)
+    logging.basicConfig(level=logging.INFO if args.access_log else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
+    app = create_app(
+        args.models, backend=args.backend, max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms, max_queue=args.max_queue, max_images=args.max_images,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)), request_timeout=args.request_timeout,
+        api_key=key, access_log=args.access_log, threads=args.threads,
+    )  # fmt: skip
+    return run_server(
+        app, host=args.host, port=args.port, grpc_port=None if args.no_grpc else args.grpc_port,
+        drain_timeout=args.drain_timeout,
+    )  # fmt: skip

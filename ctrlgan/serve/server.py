@@ -1,0 +1,112 @@
+"""`ctrlgan serve`: the HTTP app on uvicorn (uvloop, httptools) and the gRPC service on
+grpc.aio, in one process and one event loop, with a graceful shutdown.
+
+SIGTERM or SIGINT: readiness turns 503 at once and new requests are refused (HTTP 503, gRPC
+UNAVAILABLE); every accepted request is answered; then the listeners close and the process
+exits 0. ``drain_timeout`` seconds bound the wait; a second signal stops at once (exit 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import uvicorn
+
+from ctrlgan.serve.app import App
+
+log = logging.getLogger("ctrlgan.serve")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: ours drains first, then sets should_exit."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+async def serve(
+    app: App,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grpc_port: int | None = 8001,
+    drain_timeout: float = 30.0,
+    access_log: bool = False,
+    announce=print,
+) -> int:
+    """Serve ``app`` until a signal; returns the exit status (0: drained cleanly)."""
+    config = uvicorn.Config(
+        app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+        access_log=False, log_level="warning", timeout_graceful_shutdown=drain_timeout,
+        server_header=False,
+    )  # fmt: skip
+    http = _Uvicorn(config)
+    grpc_server = None
+    if grpc_port is not None:
+        from ctrlgan.serve.grpc import create_server
+
+        grpc_server = create_server(app, f"{host}:{grpc_port}", app.max_body_bytes)
+        await grpc_server.start()
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = {"count": 0}
+
+    def on_signal(sig: int) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            http.force_exit = True
+            log.warning("second signal: stopping without draining")
+        app.begin_drain()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    server_task = asyncio.create_task(http.serve())
+    while not http.started and not server_task.done():
+        await asyncio.sleep(0.01)
+    if server_task.done():  # e.g. the port is taken: uvicorn logged why and exited
+        if grpc_server is not None:
+            await grpc_server.stop(None)
+        app.close()
+        return 1
+    host_shown = f"[{host}]" if ":" in host else host
+    names = ", ".join(f"{m.name} ({m.generator.backend})" for m in app.table)
+    announce(f"ctrlgan serve: models {names}")
+    announce(f"  HTTP  http://{host_shown}:{port}/v2  (/v1/models, /openapi.json, /metrics)")
+    if grpc_port is not None:
+        announce(f"  gRPC  {host_shown}:{grpc_port}  (inference.GRPCInferenceService)")
+    announce("  Ctrl-C or SIGTERM drains and stops")
+    sys.stdout.flush()
+
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({server_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    app.begin_drain()
+    drained = signals["count"] > 1 or await app.drained(drain_timeout)
+    if not drained:
+        log.warning("drain timeout: %d request(s) still in flight", app.state.in_flight)
+    http.should_exit = True
+    if grpc_server is not None:
+        await grpc_server.stop(grace=1.0)
+    await server_task
+    stopper.cancel()
+    await loop.run_in_executor(None, app.close)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    return 0 if drained and signals["count"] <= 1 else 1
+
+
+def run(app: App, **kwargs) -> int:
+    """``serve`` on a uvloop event loop (asyncio's own where uvloop is missing)."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        runner = asyncio.run
+    return runner(serve(app, **kwargs))
