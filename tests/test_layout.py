@@ -41,10 +41,15 @@ def test_kernels_import_nothing_else_from_ctrlgan():
 
 
 def test_export_and_runtime_follow_the_data_flow():
-    """training -> artifact -> export -> runtime: export never imports training or runtime, and
-    runtime never imports training (statically, not only on the sampling path)."""
-    for folder, banned in (("export", ("ctrlgan.training", "ctrlgan.runtime")),
-                           ("runtime", ("ctrlgan.training",))):  # fmt: skip
+    """training -> artifact -> export -> runtime -> serve: export never imports training or
+    runtime, runtime never imports training or serve, serve never imports training, export or
+    the CLI (statically, not only on the sampling path)."""
+    rules = (
+        ("export", ("ctrlgan.training", "ctrlgan.runtime")),
+        ("runtime", ("ctrlgan.training", "ctrlgan.serve")),
+        ("serve", ("ctrlgan.training", "ctrlgan.export", "ctrlgan.cli")),
+    )
+    for folder, banned in rules:
         files = list((PACKAGE / folder).glob("*.py"))
         assert files
         for f in files:
@@ -86,3 +91,26 @@ def test_the_cli_parser_imports_neither_torch_nor_onnxruntime():
     modules = _modules_after("from ctrlgan.cli import build_parser; build_parser()")
     assert "ctrlgan.cli.train" in modules
     assert not {"torch", "onnxruntime", "onnx", "ctrlgan.training.train"} & modules
+
+
+def test_the_server_never_imports_training_or_torch():
+    """A server needs the runtime only: building the app and answering a request on
+    onnxruntime imports neither ctrlgan.training nor torch."""
+    code = (
+        "import asyncio, ctrlgan.serve\n"
+        "app = ctrlgan.serve.create_app(['digits'], backend='onnxruntime')\n"
+        "from ctrlgan.serve.grpc import Service\n"
+        "Service(app)\n"
+        "sent = []\n"
+        "async def receive(): return {'type': 'http.request', 'body': b''}\n"
+        "async def send(m): sent.append(m)\n"
+        "scope = {'type': 'http', 'method': 'GET', 'path': '/v1/models/digits/image.png',\n"
+        "         'query_string': b'class=3&seed=7', 'headers': []}\n"
+        "asyncio.run(app(scope, receive, send))\n"
+        "assert sent[0]['status'] == 200, sent\n"
+        "app.close()\n"
+    )
+    modules = _modules_after(code)
+    assert "ctrlgan.serve.app" in modules and "ctrlgan.serve.grpc" in modules
+    assert not {m for m in modules if m.startswith("ctrlgan.training")}
+    assert "torch" not in modules

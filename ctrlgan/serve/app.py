@@ -39,7 +39,14 @@ from ctrlgan.runtime.generator import Generator
 from ctrlgan.serve import people, protocol
 from ctrlgan.serve.metrics import CONTENT_TYPE as METRICS_TYPE
 from ctrlgan.serve.metrics import Metrics
-from ctrlgan.serve.models import VERSION, ModelTable, NotFound, ServedModel, outputs
+from ctrlgan.serve.models import (
+    VERSION,
+    ModelTable,
+    NotFound,
+    ServedModel,
+    check_outputs,
+    outputs,
+)
 from ctrlgan.serve.openapi import schema
 from ctrlgan.serve.protocol import ProtocolError
 
@@ -266,8 +273,9 @@ class App:
             header = headers.get(b"inference-header-content-length")
             request = protocol.parse_http(
                 body, None if header is None else header.decode("latin-1"),
-                max_elements=model.max_images * 64,
+                max_elements=model.max_elements,
             )  # fmt: skip
+            check_outputs(request.outputs)
             timeout = self.timeout(request.parameters)
             images = await model.infer(request.inputs, timeout)
             result = outputs(images, request.outputs)

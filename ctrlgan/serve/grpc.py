@@ -26,7 +26,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from ctrlgan import __version__
 from ctrlgan.errors import InvalidRequest, Overloaded
 from ctrlgan.serve import protocol
-from ctrlgan.serve.models import VERSION, outputs
+from ctrlgan.serve.models import VERSION, check_outputs, outputs
 from ctrlgan.serve.protocol import DATATYPES, DTYPES, ProtocolError, Tensor, bad
 
 log = logging.getLogger("ctrlgan.serve")
@@ -156,10 +156,11 @@ class Service:
         app.state.in_flight += 1
         try:
             params = {k: param_value(v) for k, v in request.parameters.items()}
-            inputs = self.inputs(request, model.max_images * 64)
+            inputs = self.inputs(request, model.max_elements)
+            wanted = [o.name for o in request.outputs] or None
+            check_outputs(wanted)
             timeout = self.timeout(params, context)
             images = await model.infer(inputs, timeout)
-            wanted = [o.name for o in request.outputs] or None
             result = outputs(images, wanted)
         finally:
             app.state.in_flight -= 1

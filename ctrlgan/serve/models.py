@@ -201,21 +201,27 @@ class ServedModel:
             images[rows] = part
         return images
 
+    @property
+    def max_elements(self) -> int:
+        """The most values an input tensor of a valid request holds (steer: B x K)."""
+        return self.max_images * max(1, len(self.features))
+
     def close(self, wait: bool = True) -> None:
         self.batcher.close(wait=wait)
 
 
+def check_outputs(wanted: list[str] | None) -> None:
+    """Requested output names, checked before anything is computed."""
+    for name in wanted or ():
+        if name not in OUTPUTS:
+            raise bad(f"outputs.{name[:40]}: unknown output; this model gives image, image_uint8")
+
+
 def outputs(images: np.ndarray, wanted: list[str] | None) -> dict[str, np.ndarray]:
     """The requested outputs of a batch of images (both when ``wanted`` is None)."""
-    names = OUTPUTS if wanted is None else wanted
     out = {}
-    for name in names:
-        if name == "image":
-            out[name] = images
-        elif name == "image_uint8":
-            out[name] = to_uint8(images)
-        else:
-            raise bad(f"outputs.{name[:40]}: unknown output; this model gives image, image_uint8")
+    for name in OUTPUTS if wanted is None else wanted:
+        out[name] = images if name == "image" else to_uint8(images)
     return out
 
 

@@ -221,7 +221,7 @@ def check_shape(shape, where: str, max_elements: int) -> tuple[int, ...]:
     if not all(type(d) is int and d >= 0 for d in shape):
         raise bad(f"{where}.shape: sizes are ints >= 0, got {str(shape)[:60]}")
     if math.prod(shape) > max_elements:
-        raise ProtocolError(413, f"{where}.shape: {math.prod(shape)} values exceed the limit")
+        raise bad(f"{where}.shape: {math.prod(shape)} values exceed this server's limit")
     return tuple(shape)
 
 
