@@ -209,7 +209,7 @@ def tensor_header(spec: dict, where: str, max_elements: int) -> tuple[str, str, 
     if not isinstance(name, str) or not name or len(name) > 64:
         raise bad(f"{where}.name: a tensor needs a name (a string of 1-64 characters)")
     where = f"inputs.{name}"
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:  # a list is unhashable
         shown = datatype[:20] if isinstance(datatype, str) else type(datatype).__name__
         raise bad(f"{where}.datatype: {shown!r} is not one of {', '.join(DTYPES)}")
     return name, datatype, check_shape(shape, where, max_elements)
@@ -253,7 +253,10 @@ def from_json(data, datatype: str, shape: tuple, where: str) -> np.ndarray:
             raise bad(f"{where}.data: values out of the range of {datatype}")
     elif not all(type(v) in (int, float) for v in flat):
         raise bad(f"{where}.data: {datatype} values are numbers")
-    return np.array(flat, dtype=dtype).reshape(shape)
+    try:
+        return np.array(flat, dtype=dtype).reshape(shape)
+    except OverflowError:  # an int beyond any float (10**400) for a float datatype
+        raise bad(f"{where}.data: values out of the range of {datatype}") from None
 
 
 def _flatten(data, where: str, expected: int) -> list:
