@@ -26,7 +26,7 @@ import numpy as np
 
 from ctrlgan import validate
 from ctrlgan.errors import InvalidRequest, Overloaded
-from ctrlgan.images import make_grid, to_uint8
+from ctrlgan.images import MAX_GRID_PIXELS, make_grid, to_uint8
 from ctrlgan.runtime import request as req
 from ctrlgan.serve.protocol import ProtocolError, bad
 
@@ -174,6 +174,12 @@ def encode_png(images: np.ndarray, nrow: int, scale: int, padding: int) -> bytes
     from PIL import Image
 
     grid = make_grid(images, nrow=nrow, padding=padding)
+    height, width = grid.shape[0] * scale, grid.shape[1] * scale
+    if height * width > MAX_GRID_PIXELS:  # checked before the scaled copy is allocated
+        raise InvalidRequest(
+            "scale", f"a {width}x{height} PNG exceeds {MAX_GRID_PIXELS:,} pixels; lower the "
+            "scale, the padding or the number of images",
+        )  # fmt: skip
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     out = io.BytesIO()
