@@ -78,3 +78,36 @@ def b64_png(text: str) -> np.ndarray:
 
 def dumps(doc) -> bytes:
     return json.dumps(doc).encode()
+
+
+def binary_request(doc: dict, arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
+    """The binary tensor extension: each input in ``arrays`` travels as raw bytes."""
+    blobs = []
+    for spec in doc["inputs"]:
+        if spec["name"] in arrays:
+            blob = np.ascontiguousarray(arrays[spec["name"]]).tobytes()
+            spec.pop("data", None)
+            spec["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+    head = dumps(doc)
+    headers = {"Inference-Header-Content-Length": str(len(head)),
+               "Content-Type": "application/octet-stream"}  # fmt: skip
+    return head + b"".join(blobs), headers
+
+
+def binary_response(response) -> tuple[dict, dict[str, np.ndarray]]:
+    from ctrlgan.serve.protocol import DTYPES
+
+    n = int(response.headers["inference-header-content-length"])
+    doc = json.loads(response.content[:n])
+    arrays, offset = {}, n
+    for spec in doc["outputs"]:
+        if "data" in spec:
+            arrays[spec["name"]] = output(doc, spec["name"])
+            continue
+        size = spec["parameters"]["binary_data_size"]
+        raw = response.content[offset : offset + size]
+        arrays[spec["name"]] = np.frombuffer(raw, DTYPES[spec["datatype"]]).reshape(spec["shape"])
+        offset += size
+    assert offset == len(response.content)
+    return doc, arrays
