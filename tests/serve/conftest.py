@@ -53,6 +53,7 @@ class Server:
         self.url = f"http://{HOST}:{self.port}"
         self.grpc = f"{HOST}:{self.grpc_port}"
         self.flags = flags
+        self.signalled = False
         self.log = log_dir / f"serve-{self.port}.log"
         argv = [sys.executable, "-m", "ctrlgan", "serve", "digits", "--backend", "onnxruntime",
                 "--host", HOST, "--port", str(self.port), "--grpc-port", str(self.grpc_port),
@@ -82,11 +83,13 @@ class Server:
         return self.log.read_text(errors="replace")[-4000:]
 
     def terminate(self) -> None:
+        self.signalled = True
         self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = STOP_WAIT) -> int:
-        """SIGTERM, then the exit status (killed after ``timeout`` seconds: a bug)."""
-        if self.proc.poll() is None:
+        """SIGTERM (once: a second one stops without draining), then the exit status (killed
+        after ``timeout`` seconds: a bug)."""
+        if self.proc.poll() is None and not self.signalled:
             self.terminate()
         try:
             code = self.proc.wait(timeout)
