@@ -230,9 +230,10 @@ class App:
         if endpoint == "model_ready":
             self.model(name, extra[0])
             ready = self.state.ready and not self.state.draining
-            return await respond_json(
-                send, 200 if ready else 503, {"name": name, "ready": ready}
-            )  # fmt: skip
+            doc = {"name": name, "ready": ready}
+            if not ready:  # an error answer, like every other: {"error": ...}
+                doc["error"] = "draining" if self.state.draining else "not ready"
+            return await respond_json(send, 200 if ready else 503, doc)
         if endpoint == "v1_models":
             return await respond_json(send, 200, {"models": [m.describe() for m in self.table]})
         if endpoint == "openapi":

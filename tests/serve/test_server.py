@@ -119,6 +119,9 @@ def test_sigterm_drains_under_load(start_server, generator):
         ready = httpx.get(f"{server.url}/v2/health/ready", timeout=5.0)
         assert_error(ready, 503, "draining")
         assert ready.json()["ready"] is False
+        model = httpx.get(f"{server.url}/v2/models/digits/ready", timeout=5.0)
+        assert_error(model, 503, "draining")
+        assert model.json()["ready"] is False
     except httpx.ConnectError:
         pytest.fail("the listener closed at once instead of draining")
     for t in threads:
