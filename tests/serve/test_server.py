@@ -161,3 +161,39 @@ def test_api_key_over_http(auth_server):
 
 def test_no_key_no_auth(http):
     assert http.get("/v2/models/digits", headers={"Authorization": "Bearer anything"}).is_success
+
+
+def test_queue_full_over_grpc_is_resource_exhausted(busy_server, generator):
+    import queue
+
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    rng = np.random.default_rng(secrets.randbits(32))
+    client = tgrpc.InferenceServerClient(busy_server.grpc)
+    try:
+        answers = queue.Queue()
+        sent = []
+        for i in range(48):
+            classes = rng.integers(0, 10, 2)
+            seeds = rng.integers(0, 2**64, 2, np.uint64)
+            inputs = [tgrpc.InferInput("classes", [2], "INT64"),
+                      tgrpc.InferInput("seeds", [2], "UINT64")]  # fmt: skip
+            inputs[0].set_data_from_numpy(classes)
+            inputs[1].set_data_from_numpy(seeds)
+            sent.append((classes, seeds))
+            client.async_infer("digits", inputs, lambda result, error, i=i: answers.put(
+                (i, result, error)), client_timeout=WAIT)  # fmt: skip
+        codes = []
+        for _ in sent:
+            i, result, error = answers.get(timeout=WAIT)
+            if error is None:
+                codes.append("OK")
+                expected = generator.sample(*(a.tolist() for a in sent[i]), output="uint8")
+                assert np.array_equal(result.as_numpy("image_uint8"), expected)
+            else:
+                assert isinstance(error, InferenceServerException)
+                codes.append(error.status())
+        assert set(codes) == {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, codes  # 48 at once, 2 fit
+    finally:
+        client.close()
