@@ -38,12 +38,19 @@ The contract:
   as with a full queue. No future is left pending.
 
 Defaults (max_batch_size=64, max_delay_ms=0) come from benchmarks/bench_batcher.py with the
-bundled digits model on onnxruntime, 2 CPU cores: images/s per call level off from 32 to 128
-rows, and under load requests pile up while the previous call computes, so batches fill
-without waiting ("continuous batching"). Any delay cost throughput there: the worker idles
-while it waits, and at low concurrency (4 clients) max_delay_ms=0.5 gave a third of the
-throughput of 0. A delay pays where a backend call has a large fixed cost and requests arrive
-spread out in time; set it per deployment.
+bundled digits model on onnxruntime, 2 CPU cores: under load requests pile up while the
+previous call computes, so batches fill without waiting ("continuous batching"); any delay
+makes the worker idle, and at 4 clients max_delay_ms=0.5 gave a third of the throughput of 0.
+A delay pays where a backend call has a large fixed cost and requests arrive spread out in
+time; set it per deployment. On 2 cores the batcher is bound by Python, not by the backend:
+its worker and the threads (or the one event loop) that submit share the GIL, and every time
+the worker gives the GIL up it may wait for all of them to get it back. Measured there
+(2026-11-29, benchmarks/README.md): the worker's host-noise call took ~1 ms per batch instead of
+11 µs while the clients it had just answered ran (the C noise no longer releases the GIL for
+small calls), and onnxruntime's spinning pool threads halved the batcher's throughput under an
+event loop (3,347 against 6,120 images/s; spinning is now off, runtime/ort.py). onnxruntime's
+own cost per image there stops falling at ~16 rows (~70-85 µs, against ~110-150 at one row),
+which bounds what batching can win on such a machine.
 """
 
 from __future__ import annotations

@@ -12,6 +12,14 @@ writes the image straight into a numpy array allocated here. On the CPU provider
 ``session.run`` is faster (measured on 2 cores at batch 1: 37 µs plain, 42 µs with a reused
 binding, 47 µs with a new one; the binding's per-input wrappers cost more than they save when
 nothing crosses a device boundary), so ``run`` uses it there; ``run_bound`` forces the binding.
+
+Thread-pool spinning is off (``ALLOW_SPINNING``). onnxruntime's pool threads otherwise spin on
+a core after every parallel section and run, waiting for more work, and on a small machine that
+core is the one the Python threads feeding the session need: on 2 cores, 64 asyncio tasks
+through the micro-batcher gave 3,347 images/s with spinning and 6,120 without, and 64 tasks
+calling ``sample`` from a thread pool 3,447 and 4,878 (benchmarks/README.md, "Micro-batching").
+A lone caller at batch 1 loses a little (124 against 111 µs on an idle machine); batch 64 and
+anything sharing the cores gain (``ctrlgan bench`` at batch 64: ~10,000 against ~6,000 images/s).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from ctrlgan.errors import ArtifactError, BackendUnavailable, InvalidRequest, su
 from ctrlgan.runtime import cuda
 
 SMOKE_ROWS = 64  # classes check_runs draws
+ALLOW_SPINNING = False  # onnxruntime's pool threads busy-wait for work (see above)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 # onnxruntime's type strings -> the element names of the manifest's signatures (onnx's)
@@ -73,6 +82,9 @@ class OrtSession:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.log_severity_level = 4  # fatal only: failures reach the caller as exceptions
+        spin = "1" if ALLOW_SPINNING else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         self.device = device
         self.session = ort.InferenceSession(model, options, providers=providers_for(device))
         self.inputs = [i.name for i in self.session.get_inputs()]
