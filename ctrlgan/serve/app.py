@@ -40,6 +40,7 @@ from ctrlgan.serve import people, protocol
 from ctrlgan.serve.metrics import CONTENT_TYPE as METRICS_TYPE
 from ctrlgan.serve.metrics import Metrics
 from ctrlgan.serve.models import (
+    OUTPUTS,
     VERSION,
     ModelTable,
     NotFound,
@@ -59,6 +60,9 @@ DEFAULT_MAX_BODY = 64 << 20  # bytes: a 1,024-image request in JSON is ~3 MB
 DEFAULT_MAX_IMAGES = 1024
 DEFAULT_TIMEOUT = 60.0  # seconds a request may wait in a queue
 RETRY_AFTER = "1"
+# Beyond these, a request's JSON is parsed / its answer encoded on a worker thread (~1 ms of work)
+OFFLOAD_BYTES = 64 << 10
+OFFLOAD_VALUES = 16384
 JSON = [(b"content-type", b"application/json")]
 
 
@@ -272,18 +276,22 @@ class App:
         try:
             body = await self.read_body(headers, receive)
             header = headers.get(b"inference-header-content-length")
-            request = protocol.parse_http(
-                body, None if header is None else header.decode("latin-1"),
-                max_elements=model.max_elements,
+            request = await self.offload(
+                len(body) > OFFLOAD_BYTES, protocol.parse_http, body,
+                None if header is None else header.decode("latin-1"), model.max_elements,
             )  # fmt: skip
             check_outputs(request.outputs)
             timeout = self.timeout(request.parameters)
             images = await model.infer(request.inputs, timeout)
-            result = outputs(images, request.outputs)
-            binary = set(result) if request.binary_default and request.outputs is None else set()
-            binary |= request.binary_outputs
-            payload, head = protocol.response_json(
-                model.name, VERSION, request.id, result, binary
+            binary = request.binary_outputs
+            if request.binary_default and request.outputs is None:
+                binary = set(OUTPUTS)
+            json_values = sum(
+                images.size for name in request.outputs or OUTPUTS if name not in binary
+            )  # an upper bound of the values the answer spells out in JSON
+            payload, head = await self.offload(
+                json_values > OFFLOAD_VALUES or len(images) > OFFLOAD_VALUES // 64,
+                self.answer, model.name, request, images, binary,
             )  # fmt: skip
         finally:
             self.state.in_flight -= 1
@@ -295,6 +303,18 @@ class App:
                 (b"inference-header-content-length", str(head).encode()),
             ])  # fmt: skip
         return 200
+
+    @staticmethod
+    def answer(name: str, request, images, binary: set) -> tuple[bytes, int | None]:
+        result = outputs(images, request.outputs)
+        return protocol.response_json(name, VERSION, request.id, result, binary)
+
+    async def offload(self, big: bool, work, *args):
+        """``work(*args)``: on a worker thread when ``big`` (the loop stays free for the other
+        requests while megabytes of JSON are parsed or written), else here."""
+        if not big:
+            return work(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
 
     def timeout(self, parameters: Mapping) -> float | None:
         """The request's ``timeout`` parameter (microseconds, as Triton's) capped by the

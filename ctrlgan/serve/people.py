@@ -26,7 +26,7 @@ import numpy as np
 
 from ctrlgan import validate
 from ctrlgan.errors import InvalidRequest, Overloaded
-from ctrlgan.images import MAX_GRID_PIXELS, make_grid, to_uint8
+from ctrlgan.images import make_grid, to_uint8
 from ctrlgan.runtime import request as req
 from ctrlgan.serve.protocol import ProtocolError, bad
 
@@ -38,6 +38,7 @@ QUERY = {
                         "padding"),
 }  # fmt: skip
 MAX_SCALE = 32
+MAX_PNG_PIXELS = 1 << 24  # 4096 x 4096: a page's image, encoded in well under a second
 CACHE = [(b"cache-control", b"public, max-age=31536000, immutable")]
 SAMPLE_FIELDS = ("classes", "seeds", "n", "seed", "steer", "truncation", "format", "scale")
 
@@ -119,10 +120,11 @@ async def png(app, model, route: str, scope, headers) -> tuple[int, bytes, list]
         if len(cls) != 1:
             raise InvalidRequest("class", "one class per image; use grid.png for several")
         seed = number(params, "seed", 0, 0, validate.MAX_SEED - 1)
+        nrow, padding = 1, 0
+        check_size(model, 1, nrow, scale, padding)
         images = await model.batcher.asample(
             classes=cls, seeds=[seed], steer=steer, truncation=tau, timeout=app.request_timeout
         )
-        nrow, padding = 1, 0
     elif route == "grid.png":
         classes = req.class_spec(params.get("classes", "all"), model.classes, "classes")
         seeds = req.parse_seed_string(params.get("seeds", "0-7"))
@@ -132,11 +134,12 @@ async def png(app, model, route: str, scope, headers) -> tuple[int, bytes, list]
                 "seeds", f"{len(classes)} classes x {len(seeds)} seeds = {count} images exceed "
                 f"this server's limit {model.max_images}",
             )  # fmt: skip
+        nrow = len(seeds)
+        check_size(model, count, nrow, scale, padding)
         images = await model.batcher.asample(
             classes=np.repeat(classes, len(seeds)).tolist(), seeds=seeds * len(classes),
             steer=steer, truncation=tau, timeout=app.request_timeout,
         )  # fmt: skip
-        nrow = len(seeds)
     else:
         start = req.seed_class(params.get("from", "0:0"), "from")
         end = req.seed_class(params.get("to", "1:0"), "to")
@@ -145,9 +148,10 @@ async def png(app, model, route: str, scope, headers) -> tuple[int, bytes, list]
         vary = params.get("vary", "both")
         points = [(seed, _one_class(cls, model, key)) for (seed, cls), key in
                   ((start, "from"), (end, "to"))]  # fmt: skip
+        nrow = steps
+        check_size(model, steps, nrow, scale, padding)
         images = await run(app, lambda: model.generator.interpolate(
             points[0], points[1], steps, method=method, vary=vary, truncation=tau))  # fmt: skip
-        nrow = steps
     body = await run(app, lambda: encode_png(images, nrow, scale, padding))
     return 200, body, [(b"content-type", b"image/png"), (b"etag", tag), *CACHE]
 
@@ -170,16 +174,25 @@ async def run(app, work):
         app.pool_busy -= 1
 
 
+def check_size(model, count: int, nrow: int, scale: int, padding: int) -> None:
+    """The PNG of ``count`` images, ``nrow`` per row, fits MAX_PNG_PIXELS: checked before
+    anything is computed (a short URL could otherwise ask for gigapixels)."""
+    _, h, w = model.image_shape
+    cols = min(nrow, count)
+    rows = -(-count // cols)
+    height = (rows * (h + padding) + padding) * scale
+    width = (cols * (w + padding) + padding) * scale
+    if height * width > MAX_PNG_PIXELS:
+        raise InvalidRequest(
+            "scale", f"a {width}x{height} PNG exceeds this server's {MAX_PNG_PIXELS:,} pixels; "
+            "lower the scale, the padding or the number of images",
+        )  # fmt: skip
+
+
 def encode_png(images: np.ndarray, nrow: int, scale: int, padding: int) -> bytes:
     from PIL import Image
 
     grid = make_grid(images, nrow=nrow, padding=padding)
-    height, width = grid.shape[0] * scale, grid.shape[1] * scale
-    if height * width > MAX_GRID_PIXELS:  # checked before the scaled copy is allocated
-        raise InvalidRequest(
-            "scale", f"a {width}x{height} PNG exceeds {MAX_GRID_PIXELS:,} pixels; lower the "
-            "scale, the padding or the number of images",
-        )  # fmt: skip
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     out = io.BytesIO()
@@ -216,6 +229,7 @@ async def sample_json(app, model, body: bytes) -> tuple[int, bytes, list]:
         truncation=doc.get("truncation"), timeout=app.request_timeout,
     )  # fmt: skip
     if kind == "png":
+        check_size(model, 1, 1, scale, 0)
         pngs = await run(app, lambda: [encode_png(im[None], 1, scale, 0) for im in images])
         out = {"model": model.name, "format": "png",
                "images": [base64.b64encode(p).decode() for p in pngs]}  # fmt: skip

@@ -2,8 +2,10 @@
 grpc.aio, in one process and one event loop, with a graceful shutdown.
 
 SIGTERM or SIGINT: readiness turns 503 at once and new requests are refused (HTTP 503, gRPC
-UNAVAILABLE); every accepted request is answered; then the listeners close and the process
-exits 0. ``drain_timeout`` seconds bound the wait; a second signal stops at once (exit 1).
+UNAVAILABLE); every accepted request is answered; then the listeners close (new connections
+are refused), requests already read on open connections are answered 503, the connections
+close, and the process exits 0. ``drain_timeout`` seconds bound the wait; a second signal
+stops at once (exit 1).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import uvicorn
 from ctrlgan.serve.app import App
 
 log = logging.getLogger("ctrlgan.serve")
+LINGER = 0.25  # seconds between closing the listeners and closing the connections
 
 
 class _Uvicorn(uvicorn.Server):
@@ -90,6 +93,14 @@ async def serve(
     drained = signals["count"] > 1 or await app.drained(drain_timeout)
     if not drained:
         log.warning("drain timeout: %d request(s) still in flight", app.state.in_flight)
+    # Stop listening first (a new connection is then refused, which a client can retry), and
+    # give connections already accepted a moment to have their requests read and answered
+    # (503): closing one with an unread request would reset it, and a reset request may or
+    # may not have run, as far as its client can tell.
+    for listener in http.servers:
+        listener.close()
+    if not http.force_exit:
+        await asyncio.sleep(LINGER)
     http.should_exit = True
     if grpc_server is not None:
         await grpc_server.stop(grace=1.0)

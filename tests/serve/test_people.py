@@ -1,10 +1,12 @@
 """The /v1 endpoints for people (ctrlgan/serve/people.py): PNGs from a URL with ETag caching,
 the JSON sample call; and the documents around them: /openapi.json and /metrics."""
 
+import io
 import re
 
 import numpy as np
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serve.wire import assert_error, b64_png, dumps, infer_body, png_pixels, reference
@@ -106,6 +108,10 @@ def test_png_size_bomb_is_refused(http):
     assert_error(http.get(url), 400, "scale")
     strip = f"{PNG}/interpolate.png?steps=100&scale=32&padding=64"
     assert_error(http.get(strip), 400, "scale")
+    # the server's cap is 4096 x 4096 pixels: 2336 x 2912 passes, 4672 x 5824 does not
+    ok = http.get(f"{PNG}/grid.png?classes=all&seeds=0-7&scale=16")
+    assert ok.status_code == 200 and Image.open(io.BytesIO(ok.content)).size == (2336, 2912)
+    assert_error(http.get(f"{PNG}/grid.png?classes=all&seeds=0-7&scale=32"), 400, "scale")
 
 
 def test_sample_json(http, generator):

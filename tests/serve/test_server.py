@@ -11,6 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serve.conftest import KEY
 from tests.serve.wire import assert_error, infer_body, output
@@ -111,8 +112,10 @@ def test_sigterm_drains_under_load(start_server, generator):
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
     for t in threads:
         t.start()
-    loaded.wait(WAIT)  # every client has had one answer: the queue is busy now
-    time.sleep(0.2)
+    loaded.wait(WAIT)  # every client has had one answer
+    until = time.monotonic() + WAIT
+    while queued_images(server.url) == 0:  # signal only with requests surely accepted
+        assert time.monotonic() < until, "the load never queued a request"
     server.terminate()
     signalled = time.monotonic()
     try:
@@ -131,11 +134,20 @@ def test_sigterm_drains_under_load(start_server, generator):
     assert time.monotonic() - signalled < 21.0
     assert "Traceback" not in server.output()
     flat = [o for out in outcomes for o in out]
-    assert all(o == "ok" or o == "refused" or o.startswith("503") for o in flat), flat
+    unexpected = [o for o in flat if not (o in ("ok", "refused") or o.startswith("503"))]
+    assert not unexpected, unexpected
     assert flat.count("ok") >= 16, flat
     assert any(o.startswith("503") for o in flat), flat  # requests arrived while draining
     for out in outcomes:  # each client ended on a refusal, never on a lost request
         assert out and out[-1] != "ok", outcomes
+
+
+def queued_images(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=WAIT).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "ctrlgan_queued_images":
+            return sum(sample.value for sample in family.samples)
+    raise AssertionError("no ctrlgan_queued_images gauge")
 
 
 # Auth over HTTP ----------------------------------------------------------------------------
