@@ -48,7 +48,10 @@ the worker gives the GIL up it may wait for all of them to get it back. Measured
 (2026-11-29, benchmarks/README.md): the worker's host-noise call took ~1 ms per batch instead of
 11 µs while the clients it had just answered ran (the C noise no longer releases the GIL for
 small calls), and onnxruntime's spinning pool threads halved the batcher's throughput under an
-event loop (3,347 against 6,120 images/s; spinning is now off, runtime/ort.py). onnxruntime's
+event loop (3,347 against 6,120 images/s; spinning is now off, runtime/ort.py); and
+``asyncio.wrap_future`` woke the loop once per request (``asample`` now wakes it once per burst
+of results). With those, 32-64 asyncio tasks got 1.76x the images/s of the same tasks calling
+``Generator.sample`` in a thread pool; 32 client threads ~1.0x. onnxruntime's
 own cost per image there stops falling at ~16 rows (~70-85 µs, against ~110-150 at one row),
 which bounds what batching can win on such a machine.
 """
@@ -56,6 +59,7 @@ which bounds what batching can win on such a machine.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import heapq
 import threading
@@ -97,6 +101,39 @@ class _Request:
     deadline: float | None
     queued: bool = True
     claimed: bool = False  # set_running_or_notify_cancel was called (see _claim)
+
+
+class _LoopWaker:
+    """Hands finished futures to one asyncio loop: the first of a burst schedules a flush, the
+    others join it, so a batch of results costs the loop one wake-up."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.ready: list = []
+
+    def add(self, waiter, future: Future) -> None:
+        """From any thread (a future's done callback)."""
+        with self.lock:
+            first = not self.ready
+            self.ready.append((waiter, future))
+        if first:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits these
+                self.loop.call_soon_threadsafe(self.flush)
+
+    def flush(self) -> None:
+        """In the loop: resolve every waiter handed over so far."""
+        with self.lock:
+            ready, self.ready = self.ready, []
+        for waiter, future in ready:
+            if waiter.done():
+                continue
+            if future.cancelled():
+                waiter.cancel()
+            elif (error := future.exception()) is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(future.result())
 
 
 class BatchingGenerator:
@@ -142,6 +179,7 @@ class BatchingGenerator:
         )  # fmt: skip
         self._worker = threading.Thread(target=self._work_loop, name="ctrlgan-batcher", daemon=True)
         self._timer: threading.Thread | None = None  # started by the first request with a timeout
+        self._wakers: dict = {}  # asyncio loop -> _LoopWaker (asample)
         # Called by the worker after each successful backend call with (images, seconds of the
         # call, the queue wait in seconds of each request in it): the server's metrics.
         self.on_batch = None
@@ -252,14 +290,30 @@ class BatchingGenerator:
         output: str = "float32",
         timeout: float | None = None,
     ):
-        """``submit(...)`` awaited from asyncio without blocking the event loop."""
+        """``submit(...)`` awaited from asyncio without blocking the event loop.
+
+        Results reach the loop through one ``call_soon_threadsafe`` per burst (a batch's
+        results arrive together), not one per request as ``asyncio.wrap_future`` would: each
+        such call wakes the loop and makes the worker give up the GIL for a write.
+        """
         import asyncio  # here, not at the top: 25 ms of every cold start otherwise
 
+        loop = asyncio.get_running_loop()
+        waker = self._wakers.get(loop)
+        if waker is None:
+            with self._lock:
+                for old in [k for k in self._wakers if k.is_closed()]:
+                    del self._wakers[old]
+                waker = self._wakers.setdefault(loop, _LoopWaker(loop))
         future = self.submit(
             classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation,
             output=output, timeout=timeout,
         )  # fmt: skip
-        return await asyncio.wrap_future(future)
+        waiter = loop.create_future()
+        # the task's cancellation cancels the request (a no-op once it has run)
+        waiter.add_done_callback(lambda w: future.cancel() if w.cancelled() else None)
+        future.add_done_callback(lambda f: waker.add(waiter, f))
+        return await waiter
 
     def close(self, wait: bool = True) -> None:
         """Stop accepting requests. wait=True: run the queued ones and wait for the worker;
