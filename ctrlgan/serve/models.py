@@ -184,17 +184,18 @@ class ServedModel:
         """The images of the request: float32 [B, C, H, W]. Raises ProtocolError (400),
         InvalidRequest (400), Overloaded (429), TimeoutError (504)."""
         parts = self.requests(inputs)
-        futures = []
+        if len(parts) == 1:  # the common case: one batcher request, submitted right here
+            return await self.batcher.asample(**parts[0][1], timeout=timeout)
+        tasks = [
+            asyncio.ensure_future(self.batcher.asample(**kwargs, timeout=timeout))
+            for _, kwargs in parts
+        ]
         try:
-            for _, kwargs in parts:
-                futures.append(self.batcher.submit(**kwargs, timeout=timeout))
-        except BaseException:
-            for f in futures:
-                f.cancel()
+            results = await asyncio.gather(*tasks)
+        except BaseException:  # one part refused (e.g. queue full): drop the others too
+            for task in tasks:
+                task.cancel()
             raise
-        if len(futures) == 1:
-            return await asyncio.wrap_future(futures[0])
-        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         count = sum(len(r) for r in results)
         images = np.empty((count, *self.image_shape), np.float32)
         for (rows, _), part in zip(parts, results, strict=True):
