@@ -90,8 +90,15 @@ def run(args: argparse.Namespace) -> int:
         validate.integer(port, name, 0, 65535)
     if not args.no_grpc and args.port == args.grpc_port and args.port != 0:
         raise InvalidRequest("grpc-port", "must differ from --port")
-    validate.real(args.max_body_mb, "max-body-mb", hi=2048.0, above=0.0)
+    # every flag checked under its own name before anything loads
+    validate.real(args.max_body_mb, "max-body-mb", 1 / 1024, 2048.0)
     validate.real(args.drain_timeout, "drain-timeout", 0.0, 3600.0)
+    validate.real(args.request_timeout, "request-timeout", hi=1e6, above=0.0)
+    validate.real(args.max_delay_ms, "max-delay-ms", 0.0, 60_000.0)
+    validate.integer(args.max_batch_size, "max-batch-size", 1, validate.MAX_BATCH)
+    validate.integer(args.max_queue, "max-queue", 1, validate.MAX_BATCH)
+    validate.integer(args.max_images, "max-images", 1, validate.MAX_BATCH)
+    validate.threads(args.threads, "threads")
     key = api_key(args.api_key_file)
     logging.basicConfig(level=logging.INFO if args.access_log else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip

@@ -315,6 +315,13 @@ class BatchingGenerator:
         future.add_done_callback(lambda f: waker.add(waiter, f))
         return await waiter
 
+    def flush(self) -> None:
+        """From now on, run queued requests without waiting out ``max_delay_ms`` (a server
+        that drains wants its accepted requests answered at once)."""
+        with self._lock:
+            self._delay = 0.0
+            self._work.notify_all()
+
     def close(self, wait: bool = True) -> None:
         """Stop accepting requests. wait=True: run the queued ones and wait for the worker;
         wait=False: fail the queued ones with Overloaded and return at once."""

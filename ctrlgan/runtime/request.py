@@ -183,12 +183,14 @@ def parse_seeds(
     return np.arange(count, dtype=np.uint64) + np.uint64(int(seed))
 
 
-def parse_seed_string(text: str) -> list[int]:
-    """'0-15' or '1,4,7-9' (StyleGAN's --seeds) -> a list of ints."""
+def parse_seed_string(text: str, limit: int = validate.MAX_SEED_STRING) -> list[int]:
+    """'0-15' or '1,4,7-9' (StyleGAN's --seeds) -> a list of at most ``limit`` ints (counted
+    before they are built)."""
     out: list[int] = []
     shown = text if len(text) <= 40 else text[:37] + "..."
-    if text.count(",") >= validate.MAX_SEED_STRING:  # counted before anything is split
-        raise InvalidRequest("seeds", f"{shown!r} names more than {validate.MAX_SEED_STRING} seeds")
+    limit = min(limit, validate.MAX_SEED_STRING)
+    if text.count(",") >= limit:  # counted before anything is split
+        raise InvalidRequest("seeds", f"{shown!r} names more than {limit} seeds")
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
         try:
@@ -200,10 +202,8 @@ def parse_seed_string(text: str) -> list[int]:
             ) from None
         if last < first:
             raise InvalidRequest("seeds", f"empty range {part.strip()[:40]!r} in {shown!r}")
-        if len(out) + last - first >= validate.MAX_SEED_STRING:
-            raise InvalidRequest(
-                "seeds", f"{shown!r} names more than {validate.MAX_SEED_STRING} seeds"
-            )
+        if len(out) + last - first >= limit:
+            raise InvalidRequest("seeds", f"{shown!r} names more than {limit} seeds")
         out.extend(range(first, last + 1))
     return out
 

@@ -25,6 +25,7 @@ answered without its trace. With an API key, every route but the health checks a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -99,7 +100,7 @@ class App:
         self.metrics = Metrics()
         for model in table:
             self.metrics.watch(model)
-        self._key = None if not api_key else f"Bearer {api_key}".encode()
+        self.key = None if not api_key else api_key.encode()
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
         self.access_log = access_log
@@ -136,12 +137,18 @@ class App:
             route = self.route(method, path)
             endpoint = route[0]
             model = route[1] or ""
-            if self._key is not None and not endpoint.startswith("health"):
+            if self.key is not None and not endpoint.startswith("health"):
                 self.authorize(headers)
             status = await self.dispatch(route, scope, headers, receive, send)
         except Exception as error:  # every failure is an answer, never a trace
             status, body, extra = self.error_response(error)
             await respond(send, status, body, JSON + extra)
+        except asyncio.CancelledError:  # the drain timed out and the server stops now
+            status = 503
+            with contextlib.suppress(Exception):
+                await respond(send, 503, error_body("the server stopped before this request ran"),
+                              JSON)  # fmt: skip
+            raise
         finally:
             seconds = time.perf_counter() - start
             label = model if model in self.table.models else ""
@@ -160,6 +167,8 @@ class App:
                 extra = [(b"www-authenticate", b"Bearer")]
         elif isinstance(error, InvalidRequest):
             status, message = 400, str(error)
+        elif isinstance(error, Overloaded) and self.state.draining:
+            status, message = 503, "the server is shutting down; retry on another replica"
         elif isinstance(error, Overloaded):
             status, message = 429, str(error)
             extra = [(b"retry-after", RETRY_AFTER.encode())]
@@ -210,11 +219,7 @@ class App:
         raise ProtocolError(404, f"no route {path[:80]!r}; see /openapi.json")
 
     def authorize(self, headers: Mapping[bytes, bytes]) -> None:
-        given = headers.get(b"authorization")
-        if given is None:
-            raise ProtocolError(401, "authorization: missing; send 'Authorization: Bearer <key>'")
-        if not hmac.compare_digest(given, self._key):
-            raise ProtocolError(401, "authorization: wrong API key")
+        check_key(headers.get(b"authorization"), self.key)
 
     async def dispatch(self, route, scope, headers, receive, send) -> int:
         endpoint, name, extra = route
@@ -248,7 +253,7 @@ class App:
             return 200
         model = self.model(name, None)
         if endpoint == "v1_sample":
-            body = await self.read_body(headers, receive)
+            body = await self.read_body(headers, receive, model.max_request_bytes)
             return await self.guarded(people.sample_json(self, model, body), send)
         return await self.guarded(people.png(self, model, endpoint[3:], scope, headers), send)
 
@@ -274,7 +279,7 @@ class App:
         self.state.refuse()
         self.state.in_flight += 1
         try:
-            body = await self.read_body(headers, receive)
+            body = await self.read_body(headers, receive, model.max_request_bytes)
             header = headers.get(b"inference-header-content-length")
             request = await self.offload(
                 len(body) > OFFLOAD_BYTES, protocol.parse_http, body,
@@ -323,13 +328,17 @@ class App:
         limit = self.request_timeout
         if value is None:
             return limit
-        if type(value) is not int or value <= 0:
-            raise protocol.bad("parameters.timeout: microseconds, an int > 0")
+        if type(value) is not int or not 0 < value <= protocol.MAX_TIMEOUT_US:
+            raise protocol.bad(
+                f"parameters.timeout: microseconds, an int in 1..{protocol.MAX_TIMEOUT_US}"
+            )
         seconds = value / 1e6
         return seconds if limit is None else min(seconds, limit)
 
-    async def read_body(self, headers, receive) -> bytes:
-        limit = self.max_body_bytes
+    async def read_body(self, headers, receive, largest: int) -> bytes:
+        """The request body, at most the server's limit and ``largest`` (what a valid request
+        to the model can hold), compressed or not: a 413 before more is read or inflated."""
+        limit = min(self.max_body_bytes, largest)
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise ProtocolError(413, f"body: more than the limit of {limit} bytes")
@@ -353,20 +362,39 @@ class App:
 
     # Lifecycle ----------------------------------------------------------------------------
     def begin_drain(self) -> None:
-        """Readiness turns 503 and new requests are refused; accepted ones still complete."""
+        """Readiness turns 503 and new requests are refused; accepted ones still complete, at
+        once (no batcher waits out its max_delay_ms any more)."""
         self.state.draining = True
+        for model in self.table:
+            model.batcher.flush()
 
-    async def drained(self, timeout: float) -> bool:
-        """Wait until no request is in flight (True) or ``timeout`` seconds pass (False)."""
+    async def drained(self, timeout: float, abort: asyncio.Event | None = None) -> bool:
+        """Wait until no request is in flight (True), or ``timeout`` seconds pass or ``abort``
+        is set (False)."""
         deadline = time.monotonic() + timeout
         while self.state.in_flight and time.monotonic() < deadline:
+            if abort is not None and abort.is_set():
+                break
             await asyncio.sleep(0.01)
         return not self.state.in_flight
 
-    def close(self) -> None:
-        """Run what is queued, stop the batchers and the worker threads."""
-        self.table.close(wait=True)
-        self.pool.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the batchers (wait=True: run what is queued first; False: fail it with
+        Overloaded, answered 503 while draining) and the worker threads."""
+        self.table.close(wait=wait)
+        self.pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def check_key(given: bytes | None, key: bytes) -> None:
+    """``Authorization: Bearer <key>`` (the scheme in any case, RFC 7235), the key compared in
+    constant time; ProtocolError 401 otherwise."""
+    if given is None:
+        raise ProtocolError(401, "authorization: missing; send 'Authorization: Bearer <key>'")
+    scheme, _, token = given.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        raise ProtocolError(401, "authorization: expected 'Bearer <key>'")
+    if not hmac.compare_digest(token.strip(), key):
+        raise ProtocolError(401, "authorization: wrong API key")
 
 
 def allow(method: str, allowed: str, route):

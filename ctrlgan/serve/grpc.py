@@ -14,7 +14,7 @@ logged).
 
 from __future__ import annotations
 
-import hmac
+import errno
 import logging
 import time
 from importlib import resources
@@ -26,8 +26,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from ctrlgan import __version__
 from ctrlgan.errors import InvalidRequest, Overloaded
 from ctrlgan.serve import protocol
+from ctrlgan.serve.app import check_key
 from ctrlgan.serve.models import VERSION, check_outputs, outputs
-from ctrlgan.serve.protocol import DATATYPES, DTYPES, ProtocolError, Tensor, bad
+from ctrlgan.serve.protocol import DATATYPES, DTYPES, MAX_TIMEOUT_US, ProtocolError, Tensor, bad
 
 log = logging.getLogger("ctrlgan.serve")
 SERVICE = "inference.GRPCInferenceService"
@@ -70,8 +71,6 @@ class Service:
 
     def __init__(self, app):
         self.app = app
-        key = app._key  # b"Bearer <key>" or None
-        self._key = None if key is None else key.decode()
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {}
@@ -85,13 +84,14 @@ class Service:
 
     def _wrap(self, name: str, method):
         response_type = MESSAGES[name][1]
-        open_rpc = name in ("ServerLive", "ServerReady", "ModelReady")
+        open_rpc = name in ("ServerLive", "ServerReady")  # health: ModelReady names models
 
         async def call(request, context):
             start = time.perf_counter()
-            status, model = "OK", getattr(request, "model_name", "") or ""
+            status = "OK"
+            model = getattr(request, "model_name", None) or getattr(request, "name", "")
             try:
-                if self._key is not None and not open_rpc:
+                if self.app.key is not None and not open_rpc:
                     self.authorize(context)
                 return await method(request, context, response_type)
             except Exception as error:
@@ -118,10 +118,7 @@ class Service:
 
     def authorize(self, context) -> None:
         given = dict(context.invocation_metadata() or ()).get("authorization")
-        if given is None:
-            raise ProtocolError(401, "authorization: missing; send 'authorization: Bearer <key>'")
-        if not hmac.compare_digest(given.encode(), self._key.encode()):
-            raise ProtocolError(401, "authorization: wrong API key")
+        check_key(None if given is None else given.encode(), self.app.key)
 
     # RPCs ---------------------------------------------------------------------------------
     async def ServerLive(self, request, context, response):
@@ -196,7 +193,12 @@ class Service:
                 values = getattr(spec.contents, field)
                 if len(values) != int(np.prod(shape)):
                     raise bad(f"{where}.contents: {len(values)} values for shape {list(shape)}")
-                data = np.array(values, dtype=DTYPES[spec.datatype]).reshape(shape)
+                try:
+                    data = np.array(values, dtype=DTYPES[spec.datatype]).reshape(shape)
+                except OverflowError:
+                    raise bad(
+                        f"{where}.contents: values out of the range of {spec.datatype}"
+                    ) from None
             out[spec.name] = Tensor(spec.name, spec.datatype, shape, data)
         return out
 
@@ -208,19 +210,24 @@ class Service:
         value = params.get("timeout")
         if value is None:
             return limit
-        if type(value) is not int or value <= 0:
-            raise bad("parameters.timeout: microseconds, an int > 0")
+        if type(value) is not int or not 0 < value <= MAX_TIMEOUT_US:
+            raise bad(f"parameters.timeout: microseconds, an int in 1..{MAX_TIMEOUT_US}")
         return value / 1e6 if limit is None else min(value / 1e6, limit)
 
 
-def create_server(app, address: str, max_message_bytes: int) -> grpc.aio.Server:
-    """A grpc.aio server for ``app`` listening on ``address`` (host:port); not started."""
+def create_server(app, address: str, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server for ``app`` listening on ``address`` (host:port), not started, and
+    the port it bound (``address`` may ask for port 0)."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max(max_message_bytes, 256 << 20)),
         ("grpc.so_reuseport", 0),
     ])  # fmt: skip
     server.add_generic_rpc_handlers((Service(app).handler(),))
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot listen on {address} for gRPC")
-    return server
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind"
+        port = 0
+    if port == 0:
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {address} for gRPC (in use?)")
+    return server, port

@@ -36,6 +36,7 @@ OUTPUTS = ("image", "image_uint8")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 FLOAT_TYPES = ("FP16", "FP32", "FP64")
+MAX_TRUNCATIONS = 8  # different truncation values in one request
 
 
 class NotFound(ProtocolError):
@@ -171,8 +172,14 @@ class ServedModel:
         if taus is None or (taus == taus[0]).all():
             tau = None if taus is None else float(taus[0])
             return [(None, _kwargs(class_list, seed_array, steer, tau))]
+        distinct = np.unique(taus)
+        if len(distinct) > MAX_TRUNCATIONS:
+            raise bad(
+                f"inputs.truncation: {len(distinct)} different values; at most {MAX_TRUNCATIONS} "
+                "in one request (each is its own backend call)"
+            )
         out = []
-        for tau in np.unique(taus):  # NaN never equals itself: refused by the runtime below
+        for tau in distinct:  # NaN never equals itself: refused by the runtime below
             rows = np.flatnonzero(taus == tau)
             part = None if steer is None else {f: v[rows] for f, v in steer.items()}
             out.append((rows, _kwargs(classes[rows].tolist(), seed_array[rows], part, float(tau))))
@@ -206,6 +213,13 @@ class ServedModel:
     def max_elements(self) -> int:
         """The most values an input tensor of a valid request holds (steer: B x K)."""
         return self.max_images * max(1, len(self.features))
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest body a valid request can need (JSON, even indented: at most 64 bytes a
+        value) and no more, compressed or not: a bigger one is refused (413) before it is
+        read, inflated or parsed, and cannot hold the event loop."""
+        return (64 << 10) + 64 * self.max_images * (3 + len(self.features))
 
     def close(self, wait: bool = True) -> None:
         self.batcher.close(wait=wait)

@@ -15,6 +15,8 @@ def _errors(*codes: int) -> dict:
         404: "unknown model or route",
         413: "body too large",
         429: "queue full (Retry-After)",
+        405: "method not allowed (see Allow)",
+        415: "content-encoding other than gzip or deflate",
         503: "not ready or shutting down",
         504: "the request waited past its timeout",
     }
@@ -54,13 +56,17 @@ def schema(models: list[str]) -> dict:
     infer = {
         "post": {
             "summary": "Open Inference Protocol v2 inference (JSON or binary tensors)",
-            "parameters": [model],
+            "parameters": [model, {
+                "name": "Inference-Header-Content-Length", "in": "header", "required": False,
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "binary tensor extension: the length of the JSON header that "
+                               "starts the body; the tensors' bytes follow it"}],
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             }},
             "responses": {**_json({"$ref": "#/components/schemas/InferResponse"}),
-                          **_errors(400, 401, 404, 413, 429, 503, 504)},
+                          **_errors(400, 401, 404, 405, 413, 415, 429, 503, 504)},
         }
     }  # fmt: skip
     obj = {"type": "object"}
@@ -83,9 +89,11 @@ def schema(models: list[str]) -> dict:
         "paths": {
             "/v2": {"get": {"summary": "server metadata",
                             "responses": {**_json({"type": "object"}), **_errors(401)}}},
-            "/v2/health/live": {"get": {"summary": "liveness", "responses": _json(
-                {"type": "object", "properties": {"live": {"type": "boolean"}}})}},
-            "/v2/health/ready": {"get": {"summary": "readiness", "responses": {**_json(
+            "/v2/health/live": {"get": {"summary": "liveness", "security": [],
+                                        "responses": _json({"type": "object", "properties": {
+                                            "live": {"type": "boolean"}}})}},
+            "/v2/health/ready": {"get": {"summary": "readiness", "security": [],
+                                         "responses": {**_json(
                 {"type": "object", "properties": {"ready": {"type": "boolean"}}}),
                 **_errors(503)}}},
             "/v2/models/{model}": metadata,
@@ -131,10 +139,14 @@ def schema(models: list[str]) -> dict:
                 "responses": {**_json({"type": "object"}),
                               **_errors(400, 401, 404, 413, 429, 503, 504)}}},
             "/openapi.json": {"get": {"summary": "this document",
-                                      "responses": _json({"type": "object"})}},
+                                      "responses": {**_json({"type": "object"}),
+                                                    **_errors(401)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (text format)",
-                                 "responses": {"200": {"description": "metrics"}}}},
+                                 "responses": {"200": {"description": "metrics"},
+                                               **_errors(401)}}},
         },
+        # with --api-key-file (or CTRLGAN_API_KEY) every route but the health checks needs it
+        "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {

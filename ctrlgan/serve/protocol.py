@@ -40,6 +40,7 @@ DTYPES = {
 }
 DATATYPES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_DIMS = 8
+MAX_TIMEOUT_US = 365 * 24 * 3600 * 10**6  # a request's timeout: a year is no deadline at all
 HEADER = "inference-header-content-length"
 
 
@@ -218,8 +219,8 @@ def tensor_header(spec: dict, where: str, max_elements: int) -> tuple[str, str, 
 def check_shape(shape, where: str, max_elements: int) -> tuple[int, ...]:
     if not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS:
         raise bad(f"{where}.shape: a list of at most {MAX_DIMS} sizes")
-    if not all(type(d) is int and d >= 0 for d in shape):
-        raise bad(f"{where}.shape: sizes are ints >= 0, got {str(shape)[:60]}")
+    if not all(type(d) is int and 0 <= d <= max_elements for d in shape):
+        raise bad(f"{where}.shape: sizes are ints in 0..{max_elements}, got {str(shape)[:60]}")
     if math.prod(shape) > max_elements:
         raise bad(f"{where}.shape: {math.prod(shape)} values exceed this server's limit")
     return tuple(shape)

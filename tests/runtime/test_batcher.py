@@ -438,3 +438,19 @@ def test_cancel_races_with_the_worker_leave_every_future_resolved(g):
     assert not not_done
     for f in futures:
         assert f.cancelled() or f.result().shape == (1, 1, 16, 16)
+
+
+def test_flush_runs_queued_requests_without_waiting_out_the_delay(g):
+    """A draining server calls flush(): a request queued behind a 60 s batching delay runs at
+    once, and later ones do not wait either."""
+    with BatchingGenerator(g, max_batch_size=64, max_delay_ms=60_000) as b:
+        future = b.submit(classes=[2], seeds=[11])
+        time.sleep(0.05)
+        assert not future.done()  # held for the delay
+        start = time.monotonic()
+        b.flush()
+        got = future.result(WAIT)
+        later = b.submit(classes=[3], seeds=[12]).result(WAIT)
+        assert time.monotonic() - start < WAIT / 2
+    np.testing.assert_array_equal(got, g.sample(classes=[2], seeds=[11]))
+    np.testing.assert_array_equal(later, g.sample(classes=[3], seeds=[12]))

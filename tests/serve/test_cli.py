@@ -25,8 +25,10 @@ def test_help(capsys):
                                                  ["grpc-port", "differ"]),
      (["--max-body-mb", "0"], ["max-body-mb"]), (["--drain-timeout", "-1"], ["drain-timeout"]),
      (["--api-key-file", "/nonexistent/key"], ["api-key-file", "cannot read"]),
-     (["cats"], ["cats"]), (["--max-images", "0"], ["max_images"]),
-     (["--request-timeout", "0"], ["request_timeout"])],
+     (["cats"], ["cats"]), (["--max-images", "0"], ["max-images"]),
+     (["--request-timeout", "0"], ["request-timeout"]), (["--max-queue", "0"], ["max-queue"]),
+     (["--max-batch-size", "0"], ["max-batch-size"]), (["--threads", "999"], ["threads"]),
+     (["--max-delay-ms", "-1"], ["max-delay-ms"]), (["--max-body-mb", "0.0001"], ["max-body-mb"])],
 )  # fmt: skip
 def test_bad_flags(capsys, argv, words):
     code, out, err = run(capsys, "serve", *argv)

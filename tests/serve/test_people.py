@@ -162,7 +162,7 @@ def test_openapi_lists_routes_that_answer(http):
         for method, op in item.items():
             assert method in ("get", "post") and "200" in op["responses"], (path, method)
             for p in op.get("parameters", []):
-                assert p["in"] in ("path", "query") and "schema" in p
+                assert p["in"] in ("path", "query", "header") and "schema" in p
             r = http.request(method.upper(), url, content=sample.get(path))
             assert r.status_code == 200, (method, path, r.status_code, r.text[:200])
             if method == "get":  # the other methods are refused with 405 and an Allow header
