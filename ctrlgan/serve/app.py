@@ -265,7 +265,11 @@ class App:
 
     async def guarded(self, work, send) -> int:
         """Run a /v1 handler as an in-flight request: (status, body, headers) -> sent."""
-        self.state.refuse()
+        try:
+            self.state.refuse()
+        except ProtocolError:
+            work.close()  # never started: no "coroutine was never awaited" warning
+            raise
         self.state.in_flight += 1
         try:
             status, body, headers = await work

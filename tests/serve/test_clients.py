@@ -115,7 +115,7 @@ def test_http_errors(th):
     assert e.value.status() == "404"
     for timeout in (0, -1):  # the reserved timeout parameter: microseconds > 0
         with pytest.raises(InferenceServerException) as e:
-            th.infer("digits", http_inputs(False), parameters={"timeout": timeout})
+            th.infer("digits", http_inputs(False), timeout=timeout)
         assert e.value.status() == "400" and "timeout" in e.value.message()
 
 
