@@ -59,6 +59,24 @@ def add_parsers(sub) -> None:
     s.add_argument("--access-log", action="store_true", help="one log line per request")
     s.set_defaults(func=run)
 
+    p = options.command(
+        sub,
+        "play",
+        help="the playground: a web page to steer a model, served locally",
+        description="Serve the playground page (and the HTTP API) at http://HOST:PORT/: pick a "
+        "class and a seed, move one slider per direction, view grids and interpolations, copy "
+        "the image as Python, CLI or curl; the page's URL holds its whole state. Ctrl-C stops.",
+    )
+    p.add_argument(
+        "models", nargs="*", default=["digits"], metavar="MODEL",
+        help="bundled model names or artifact directories",
+    )  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free one)")
+    options.add_backend(p)
+    p.add_argument("--open", action="store_true", help="open the page in a web browser")
+    p.set_defaults(func=play)
+
 
 def api_key(path: str | None) -> str | None:
     if path is None:
@@ -79,7 +97,30 @@ def api_key(path: str | None) -> str | None:
     return key
 
 
-def run(args: argparse.Namespace) -> int:
+def play(args: argparse.Namespace) -> int:
+    """`ctrlgan serve` without gRPC, announcing the page (and opening it with --open)."""
+    defaults = {"grpc_port": 0, "no_grpc": True, "max_batch_size": 64, "max_delay_ms": 0.0,
+                "max_queue": 1024, "max_images": 1024, "max_body_mb": 64.0,
+                "request_timeout": 60.0, "drain_timeout": 5.0, "api_key_file": None,
+                "threads": 0, "access_log": False}  # fmt: skip
+    for name, value in defaults.items():
+        setattr(args, name, value)
+
+    def announce(line: str) -> None:
+        if line.startswith("  HTTP"):
+            url = line.split()[1].removesuffix("v2")
+            print(f"  page  {url}   (the API: {url}v2, {url}openapi.json)")
+            if args.open:
+                import webbrowser
+
+                webbrowser.open(url)
+        elif not line.startswith("  gRPC"):
+            print(line)
+
+    return run(args, announce=announce)
+
+
+def run(args: argparse.Namespace, announce=print) -> int:
     import logging
 
     from ctrlgan import validate
@@ -110,5 +151,5 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     return run_server(
         app, host=args.host, port=args.port, grpc_port=None if args.no_grpc else args.grpc_port,
-        drain_timeout=args.drain_timeout,
+        drain_timeout=args.drain_timeout, announce=announce,
     )  # fmt: skip

@@ -65,6 +65,12 @@ RETRY_AFTER = "1"
 OFFLOAD_BYTES = 64 << 10
 OFFLOAD_VALUES = 16384
 JSON = [(b"content-type", b"application/json")]
+# the playground (static/, served at / and /static/...): a fixed table read at start, open
+# without the API key (it holds no data; its requests for images carry the key)
+PAGE_FILES = {"index.html": b"text/html; charset=utf-8",
+              "app.js": b"text/javascript; charset=utf-8",
+              "style.css": b"text/css; charset=utf-8"}  # fmt: skip
+OPEN_ENDPOINTS = ("health_live", "health_ready", "page")
 
 
 class State:
@@ -109,6 +115,7 @@ class App:
         self.pool_limit = 4 * workers
         self.pool_busy = 0
         self._metadata = {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+        self.page = load_page()
 
     # ASGI entry ---------------------------------------------------------------------------
     async def __call__(self, scope, receive, send) -> None:
@@ -137,7 +144,7 @@ class App:
             route = self.route(method, path)
             endpoint = route[0]
             model = route[1] or ""
-            if self.key is not None and not endpoint.startswith("health"):
+            if self.key is not None and endpoint not in OPEN_ENDPOINTS:
                 self.authorize(headers)
             status = await self.dispatch(route, scope, headers, receive, send)
         except Exception as error:  # every failure is an answer, never a trace
@@ -212,6 +219,10 @@ class App:
                     return allow(method, "GET", ("v1_" + leaf, name, ()))
                 if leaf == "sample":
                     return allow(method, "POST", ("v1_sample", name, ()))
+        elif path == "/" or path == "/index.html":
+            return allow(method, "GET", ("page", None, ("index.html",)))
+        elif n == 2 and parts[0] == "static" and parts[1] in PAGE_FILES:
+            return allow(method, "GET", ("page", None, (parts[1],)))
         elif n == 1 and parts[0] == "openapi.json":
             return allow(method, "GET", ("openapi", None, ()))
         elif n == 1 and parts[0] == "metrics":
@@ -225,6 +236,12 @@ class App:
         endpoint, name, extra = route
         if endpoint == "infer":
             return await self.infer(self.model(name, extra[0]), headers, receive, send)
+        if endpoint == "page":
+            body, kind = self.page[extra[0]]
+            await respond(
+                send, 200, body, [(b"content-type", kind), (b"cache-control", b"no-cache")]
+            )
+            return 200
         if endpoint == "health_live":
             return await respond_json(send, 200, {"live": True})
         if endpoint == "health_ready":
@@ -387,6 +404,13 @@ class App:
         Overloaded, answered 503 while draining) and the worker threads."""
         self.table.close(wait=wait)
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def load_page() -> dict[str, tuple[bytes, bytes]]:
+    from importlib import resources
+
+    folder = resources.files("ctrlgan.serve").joinpath("static")
+    return {name: (folder.joinpath(name).read_bytes(), kind) for name, kind in PAGE_FILES.items()}
 
 
 def check_key(given: bytes | None, key: bytes) -> None:

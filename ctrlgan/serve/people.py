@@ -1,6 +1,7 @@
 """The /v1 endpoints, for people and pages: PNGs from a URL, and a JSON sample call.
 
     GET /v1/models/{m}/image.png?class=3&seed=7&truncation=0.7&steer=thickness:1.5,slant:-1&scale=4
+        (&class2=8&mix=0.3: the class mix (1 - mix) e(3) + mix e(8))
     GET /v1/models/{m}/grid.png?classes=0-9&seeds=0-7        one row per class, one column per seed
     GET /v1/models/{m}/interpolate.png?from=5:3&to=9:7&steps=8&method=slerp&vary=both
     POST /v1/models/{m}/sample   {"classes": [3, 5], "seeds": [7, 8], "steer": {...},
@@ -32,7 +33,7 @@ from ctrlgan.serve.protocol import ProtocolError, bad
 
 PNG_ROUTES = ("image.png", "grid.png", "interpolate.png")
 QUERY = {
-    "image.png": ("class", "seed", "truncation", "steer", "scale"),
+    "image.png": ("class", "seed", "class2", "mix", "truncation", "steer", "scale"),
     "grid.png": ("classes", "seeds", "truncation", "steer", "scale", "padding"),
     "interpolate.png": ("from", "to", "steps", "method", "vary", "truncation", "scale",
                         "padding"),
@@ -123,11 +124,19 @@ async def png(app, model, route: str, scope, headers) -> tuple[int, bytes, list]
         if len(cls) != 1:
             raise InvalidRequest("class", "one class per image; use grid.png for several")
         seed = number(params, "seed", 0, 0, validate.MAX_SEED - 1)
+        classes = cls
+        if params.get("class2"):  # a class mix: (1 - mix) e(class) + mix e(class2)
+            other = _one_class(params["class2"], model, "class2")
+            mix = real(params, "mix")
+            classes = [(cls[0], other, 0.5 if mix is None else mix)]
+        elif "mix" in params:
+            raise InvalidRequest("mix", "needs class2, the class to mix with")
         nrow, padding = 1, 0
         check_size(model, 1, nrow, scale, padding)
         images = await model.batcher.asample(
-            classes=cls, seeds=[seed], steer=steer, truncation=tau, timeout=app.request_timeout
-        )
+            classes=classes, seeds=[seed], steer=steer, truncation=tau,
+            timeout=app.request_timeout,
+        )  # fmt: skip
     elif route == "grid.png":
         classes = req.class_spec(params.get("classes", "all"), model.classes, "classes")
         seeds = req.parse_seed_string(params.get("seeds", "0-7"), limit=model.max_images)

@@ -143,7 +143,7 @@ def test_paths_and_methods(http, method, parts, body):
     if method == "HEAD":
         assert r.status_code < 500 and r.content == b""
     else:
-        assert_answer(r, "image/png", "text/plain")
+        assert_answer(r, "image/png", "text/plain", "text/html", "text/javascript", "text/css")
 
 
 def test_healthy_after(http):
