@@ -272,7 +272,8 @@ def test_400_bad_compressed_body(http):
     "path, words",
     [("/v2/models/cats", ["cats", "digits"]), ("/v2/models/cats/ready", ["cats"]),
      ("/v2/models/digits/versions/2", ["version"]), ("/v2/models/digits/versions/2/ready", []),
-     ("/static/secret.txt", []), ("/static/../app.py", []), ("/v3", []), ("/v2/models/digits/stats", []), ("/v2/health", []),
+     ("/static/secret.txt", []), ("/static/../app.py", []), ("/v3", []),
+     ("/v2/models/digits/stats", []), ("/v2/health", []),
      ("/v1/models/digits/image.jpg", []), ("/v1/models/cats/image.png", ["cats"]),
      ("/v2/models/" + "x" * 500, ["..."]), ("/metrics/extra", [])],
 )  # fmt: skip
