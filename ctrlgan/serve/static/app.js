@@ -34,10 +34,20 @@ function readUrl() {
   for (const k of KEYS) if (q.has(k)) state[k] = q.get(k);
 }
 
+// Every value the current view uses is written, defaults too: a shared link keeps its meaning
+// even if a later version changes a default.
+const VIEW_KEYS = { single: ["class", "class2", "mix", "seed"], grid: ["classes", "seeds"],
+                    interpolate: ["from", "to", "steps", "method", "vary"] };
+
 function writeUrl() {
   const q = new URLSearchParams();
-  for (const k of KEYS) {
-    if (state[k] !== undefined && state[k] !== "" && state[k] !== DEFAULTS[k]) q.set(k, state[k]);
+  const keys = ["model", "view", ...(VIEW_KEYS[state.view] || []), "truncation", "steer"];
+  for (const k of keys) {
+    if (k === "class2" && state.class2 === "") continue;
+    if (k === "mix" && state.class2 === "") continue;
+    if (k === "truncation" && !(Number(state.truncation) > 0)) continue;
+    if (k === "steer" && (!state.steer || state.view === "interpolate")) continue;
+    if (state[k] !== undefined && state[k] !== "") q.set(k, state[k]);
   }
   const text = q.toString().replace(/%3A/g, ":").replace(/%2C/g, ",");
   history.replaceState(null, "", text ? `?${text}` : location.pathname);
@@ -242,7 +252,9 @@ async function request() {
     image.style.setProperty("--display-width", `${shown.naturalWidth * factor}px`);
     if (objectUrl) URL.revokeObjectURL(objectUrl);
     objectUrl = url;
-    $("download").href = url;
+    // the download: the same image at 8x from the server (a blob of this one behind a key,
+    // which a plain link cannot send)
+    $("download").href = sessionStorage.getItem("ctrlgan-key") ? url : imagePath(8);
     $("download").download = `ctrlgan-${state.view}.png`;
     showError("");
     requestAnimationFrame(() => {
@@ -361,6 +373,7 @@ async function init() {
   $("model").disabled = models.length < 2;
   buildModelControls();
   showState();
+  writeUrl();
   writeCode();
   inputTime = performance.now();
   request();
