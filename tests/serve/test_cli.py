@@ -72,3 +72,44 @@ def test_key_from_file_or_environment(tmp_path, monkeypatch):
     assert serve.api_key(None) == "from-env"
     monkeypatch.setenv(serve.KEY_ENV, "")
     assert serve.api_key(None) is None
+
+
+def test_play_serves_the_page_and_prints_its_url(tmp_path):
+    """`ctrlgan play --port 0`: the page's real URL on stdout, the page and the API there (no
+    gRPC), and SIGTERM stops it with status 0."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    log = tmp_path / "play.log"
+    argv = [sys.executable, "-m", "ctrlgan", "play", "digits", "--backend", "onnxruntime",
+            "--port", "0"]  # fmt: skip
+    with open(log, "w") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not re.search(r"page  (\S+)", log.read_text()) and proc.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        out = log.read_text()
+        url = re.search(r"page  (http://127\.0\.0\.1:\d+/)", out).group(1)
+        assert "gRPC" not in out
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'id="image"' in page.text
+        assert (
+            httpx.get(f"{url}static/app.js").headers["content-type"].startswith("text/javascript")
+        )
+        assert httpx.get(f"{url}v1/models").json()["models"][0]["name"] == "digits"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_play_help(capsys):
+    code, out, _ = run(capsys, "play", "--help")
+    assert code == 0 and "--open" in out and "--port" in out
