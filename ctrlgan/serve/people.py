@@ -128,7 +128,8 @@ async def png(app, model, route: str, scope, headers) -> tuple[int, bytes, list]
         if params.get("class2"):  # a class mix: (1 - mix) e(class) + mix e(class2)
             other = _one_class(params["class2"], model, "class2")
             mix = real(params, "mix")
-            classes = [(cls[0], other, 0.5 if mix is None else mix)]
+            mix = 0.5 if mix is None else validate.real(mix, "mix", 0.0, 1.0)
+            classes = [(cls[0], other, mix)]
         elif "mix" in params:
             raise InvalidRequest("mix", "needs class2, the class to mix with")
         nrow, padding = 1, 0

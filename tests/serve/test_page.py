@@ -353,6 +353,34 @@ def test_an_invalid_url_parameter_is_an_inline_error(open_page, generator, query
     assert page.watch.problems(allow=(400,)) == []
 
 
+@pytest.mark.parametrize(
+    ("query", "field", "shown"),
+    [("view=bogus", "view", {"view": "single"}), ("model=nope", "model", {"model": "digits"}),
+     ("class=3&seed=5&truncation=5", "truncation", {"truncation": "2"}),
+     ("class=3&seed=5&steer=thickness:9", "steer.thickness", {"steer": "thickness:3"})],
+)  # fmt: skip
+def test_a_url_value_the_controls_cannot_show_is_replaced_with_a_note(
+    open_page, generator, query, field, shown
+):
+    """The image always matches the controls: a value beyond a slider or an unknown view or
+    model is replaced by what the controls show, the URL says so, and a note names the field."""
+    page = open_page(query)
+    assert field in page.inner_text("#error")
+    query_now = page_query(page)
+    for key, value in shown.items():
+        assert query_now[key] == value, (key, query_now)
+    if "truncation" in shown:
+        assert page.input_value("#truncation") == "2"
+        want = expected(generator, 3, 5, truncation=2.0)
+        assert np.array_equal(pixels(page), want)
+    if "steer" in shown:
+        assert page.input_value("#steer-thickness") == "3"
+        assert np.array_equal(pixels(page), expected(generator, 3, 5, steer={"thickness": 3.0}))
+    choose(page, 7, 12)  # the next change clears the note
+    wait_shows(page, class_=7, seed=12)
+    page.wait_for_function(ERROR_HIDDEN)
+
+
 def test_a_full_queue_is_shown_and_the_page_recovers(open_page, start_server, generator):
     """A real saturated server: --max-queue 1 --max-batch-size 1 under a flood of single-image
     requests from threads; the page's request meets a 429, shows it, and once the flood stops

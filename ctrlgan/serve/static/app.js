@@ -34,6 +34,38 @@ function readUrl() {
   for (const k of KEYS) if (q.has(k)) state[k] = q.get(k);
 }
 
+// Values a control cannot show are replaced by what it shows, with a note: the image always
+// matches the controls. (Values the controls can show but the server refuses, such as a class
+// this model does not have, go to the server and its error is shown.)
+function checkUrl() {
+  const notes = [];
+  if (!VIEW_KEYS[state.view]) {
+    notes.push(`view: ${state.view} is not one of single, grid, interpolate; showing single`);
+    state.view = "single";
+  }
+  if (state.model && !models.some((m) => m.name === state.model)) {
+    notes.push(`model: this server has no model ${state.model}; showing ${models[0].name}`);
+    state.model = models[0].name;
+  }
+  const clamp = (name, text, lo, hi) => {
+    const v = Number(text);
+    if (!Number.isFinite(v)) { notes.push(`${name}: ${text} is not a number; using ${lo}`); return String(lo); }
+    if (v < lo || v > hi) {
+      const c = Math.min(hi, Math.max(lo, v));
+      notes.push(`${name}: ${text} is beyond this page's slider (${lo}..${hi}); showing ${c}`);
+      return String(c);
+    }
+    return text;
+  };
+  state.truncation = clamp("truncation", state.truncation, 0, 2);
+  state.mix = clamp("mix", state.mix, 0, 1);
+  const steer = steerMap();
+  for (const [k, v] of Object.entries(steer)) steer[k] = clamp(`steer.${k}`, v, -3, 3);
+  state.steer = Object.entries(steer).filter(([, v]) => Number(v) !== 0)
+    .map(([k, v]) => `${k}:${v}`).join(",");
+  return notes;
+}
+
 // Every value the current view uses is written, defaults too: a shared link keeps its meaning
 // even if a later version changes a default.
 const VIEW_KEYS = { single: ["class", "class2", "mix", "seed"], grid: ["classes", "seeds"],
@@ -89,7 +121,10 @@ function buildModelControls() {
   for (const feature of m.features) {
     const div = document.createElement("div");
     div.className = "direction";
-    div.innerHTML = `<label for="steer-${feature}">${feature} <output>0.0</output></label>`;
+    const label = document.createElement("label");
+    label.htmlFor = `steer-${feature}`;
+    label.append(`${feature} `, Object.assign(document.createElement("output"), { textContent: "0.0" }));
+    div.append(label);
     const input = document.createElement("input");
     Object.assign(input, { type: "range", id: `steer-${feature}`, min: -3, max: 3, step: 0.1,
                            value: 0 });
@@ -109,7 +144,10 @@ function buildModelControls() {
 // Select ``value`` in a select; a value it does not list (a hand-edited URL) is shown as is,
 // so that the server's error about it appears next to it.
 function pick(select, value) {
-  if (![...select.options].some((o) => o.value === value)) option(select, value, `${value} (?)`);
+  for (const o of [...select.options]) if (o.dataset.invalid && o.value !== value) o.remove();
+  if (![...select.options].some((o) => o.value === value)) {
+    option(select, value, `${value} (?)`).dataset.invalid = "1";
+  }
   select.value = value;
 }
 
@@ -143,6 +181,8 @@ function showState() {
   for (const view of ["single", "grid", "interpolate"]) {
     $(`${view}-controls`).classList.toggle("hidden", state.view !== view);
   }
+  $("steering").classList.toggle("hidden", state.view === "interpolate");  // not a strip's
+  $("mix").disabled = state.class2 === "";
 }
 
 function setSteer(feature, value) {
@@ -200,6 +240,7 @@ function imagePath(scale) {
 }
 
 function changed(event) {
+  notes = [];
   inputTime = event && event.timeStamp ? event.timeStamp : performance.now();
   readControls();
   showState();
@@ -213,14 +254,18 @@ function headers() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+let wanted = "";  // the path shown or being fetched
+
 async function request() {
+  const path = imagePath(1);
+  const image = $("image");
+  if (path === wanted && image.dataset.state !== "error") return;  // nothing new to show
+  wanted = path;
   clearTimeout(retry);
   if (inflight) inflight.abort();
   const controller = new AbortController();
   inflight = controller;
   const start = inputTime || performance.now();
-  const path = imagePath(1);
-  const image = $("image");
   image.dataset.state = "loading";
   try {
     const response = await fetch(path, { signal: controller.signal, headers: headers() });
@@ -231,7 +276,8 @@ async function request() {
       if (response.status === 429) {  // a busy server: say so, then try again
         const wait = Number(response.headers.get("Retry-After")) || 1;
         showError(`The server is busy (429): ${message}. Retrying in ${wait} s.`);
-        retry = setTimeout(() => { if (controller === inflight) request(); }, wait * 1000);
+        retry = setTimeout(() => { if (controller === inflight) { wanted = ""; request(); } },
+                           wait * 1000);
       } else {
         showError(`${response.status}: ${message}`);
       }
@@ -272,10 +318,12 @@ async function request() {
   }
 }
 
+let notes = [];  // what checkUrl changed, shown until the next change of the controls
+
 function showError(text) {
   const box = $("error");
-  box.textContent = text;
-  box.hidden = !text;
+  box.textContent = [...notes, text].filter(Boolean).join("\n");
+  box.hidden = !box.textContent;
 }
 
 // Copy as code --------------------------------------------------------------------------------
@@ -371,6 +419,7 @@ async function init() {
   $("model").replaceChildren();
   for (const m of models) option($("model"), m.name, `${m.name} (${m.backend})`);
   $("model").disabled = models.length < 2;
+  notes = checkUrl();
   buildModelControls();
   showState();
   writeUrl();
