@@ -41,7 +41,6 @@ async def serve(
     port: int = 8000,
     grpc_port: int | None = 8001,
     drain_timeout: float = 30.0,
-    access_log: bool = False,
     announce=print,
 ) -> int:
     """Serve ``app`` until a signal; returns the exit status (0: drained cleanly)."""
@@ -84,7 +83,7 @@ async def serve(
     server_task = asyncio.create_task(http.serve(sockets=[sock]))
     while not http.started and not server_task.done():
         await asyncio.sleep(0.01)
-    if server_task.done():  # e.g. the port is taken: uvicorn logged why and exited
+    if server_task.done():  # uvicorn failed to start: it logged why
         if grpc_server is not None:
             await grpc_server.stop(None)
         app.close()
