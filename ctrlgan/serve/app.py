@@ -81,11 +81,28 @@ class State:
         self.draining = False
         self.in_flight = 0
 
-    def refuse(self) -> None:
+    @property
+    def serving(self) -> bool:
+        """Ready for new requests: what the readiness checks answer."""
+        return self.ready and not self.draining
+
+    @property
+    def why_not(self) -> str:
+        return "draining" if self.draining else "not ready"
+
+    @contextlib.contextmanager
+    def accepted(self):
+        """One request accepted (503 while not serving), counted in flight until it leaves:
+        the count a drain waits for, over every protocol."""
         if self.draining:
             raise ProtocolError(503, "the server is shutting down; retry on another replica")
         if not self.ready:
             raise ProtocolError(503, "the server is not ready")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
 
 class App:
@@ -114,7 +131,8 @@ class App:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="ctrlgan-serve")
         self.pool_limit = 4 * workers
         self.pool_busy = 0
-        self._metadata = {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+        # GET /v2 and gRPC ServerMetadata
+        self.metadata = {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
         self.page = load_page()
 
     # ASGI entry ---------------------------------------------------------------------------
@@ -245,20 +263,19 @@ class App:
         if endpoint == "health_live":
             return await respond_json(send, 200, {"live": True})
         if endpoint == "health_ready":
-            if self.state.draining or not self.state.ready:
-                state = "draining" if self.state.draining else "not ready"
-                return await respond_json(send, 503, {"ready": False, "error": state})
+            if not self.state.serving:
+                return await respond_json(send, 503, {"ready": False, "error": self.state.why_not})
             return await respond_json(send, 200, {"ready": True})
         if endpoint == "server":
-            return await respond_json(send, 200, self._metadata)
+            return await respond_json(send, 200, self.metadata)
         if endpoint == "model_metadata":
             return await respond_json(send, 200, self.model(name, extra[0]).metadata())
         if endpoint == "model_ready":
             self.model(name, extra[0])
-            ready = self.state.ready and not self.state.draining
+            ready = self.state.serving
             doc = {"name": name, "ready": ready}
             if not ready:  # an error answer, like every other: {"error": ...}
-                doc["error"] = "draining" if self.state.draining else "not ready"
+                doc["error"] = self.state.why_not
             return await respond_json(send, 200 if ready else 503, doc)
         if endpoint == "v1_models":
             return await respond_json(send, 200, {"models": [m.describe() for m in self.table]})
@@ -271,8 +288,10 @@ class App:
         model = self.model(name, None)
         if endpoint == "v1_sample":
             body = await self.read_body(headers, receive, model.max_request_bytes)
-            return await self.guarded(people.sample_json(self, model, body), send)
-        return await self.guarded(people.png(self, model, endpoint[3:], scope, headers), send)
+            return await self.guarded(lambda: people.sample_json(self, model, body), send)
+        return await self.guarded(
+            lambda: people.png(self, model, endpoint[3:], scope, headers), send
+        )
 
     def model(self, name: str, version: str | None) -> ServedModel:
         model = self.table.get(name)
@@ -281,25 +300,15 @@ class App:
         return model
 
     async def guarded(self, work, send) -> int:
-        """Run a /v1 handler as an in-flight request: (status, body, headers) -> sent."""
-        try:
-            self.state.refuse()
-        except ProtocolError:
-            work.close()  # never started: no "coroutine was never awaited" warning
-            raise
-        self.state.in_flight += 1
-        try:
-            status, body, headers = await work
-        finally:
-            self.state.in_flight -= 1
+        """Run a /v1 handler, ``work()`` -> (status, body, headers), as an accepted request."""
+        with self.state.accepted():
+            status, body, headers = await work()
         await respond(send, status, body, headers)
         return status
 
     # Inference ----------------------------------------------------------------------------
     async def infer(self, model: ServedModel, headers, receive, send) -> int:
-        self.state.refuse()
-        self.state.in_flight += 1
-        try:
+        with self.state.accepted():
             body = await self.read_body(headers, receive, model.max_request_bytes)
             header = headers.get(b"inference-header-content-length")
             request = await self.offload(
@@ -319,8 +328,6 @@ class App:
                 json_values > OFFLOAD_VALUES or len(images) > OFFLOAD_VALUES // 64,
                 self.answer, model.name, request, images, binary,
             )  # fmt: skip
-        finally:
-            self.state.in_flight -= 1
         if head is None:
             await respond(send, 200, payload, JSON)
         else:
@@ -342,19 +349,22 @@ class App:
             return work(*args)
         return await asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
 
-    def timeout(self, parameters: Mapping) -> float | None:
-        """The request's ``timeout`` parameter (microseconds, as Triton's) capped by the
-        server's own; None: no limit at all."""
+    def timeout(self, parameters: Mapping, deadline: float | None = None) -> float | None:
+        """Seconds a request may wait in a queue: its ``timeout`` parameter (microseconds, as
+        Triton's), the server's --request-timeout and a gRPC deadline (seconds left), whichever
+        is least; None: no limit at all."""
+        limits = [t for t in (self.request_timeout, deadline) if t is not None]
         value = parameters.get("timeout")
-        limit = self.request_timeout
-        if value is None:
-            return limit
-        if type(value) is not int or not 0 < value <= protocol.MAX_TIMEOUT_US:
-            raise protocol.bad(
-                f"parameters.timeout: microseconds, an int in 1..{protocol.MAX_TIMEOUT_US}"
-            )
-        seconds = value / 1e6
-        return seconds if limit is None else min(seconds, limit)
+        if value is not None:
+            if type(value) is not int or not 0 < value <= protocol.MAX_TIMEOUT_US:
+                raise protocol.bad(
+                    f"parameters.timeout: microseconds, an int in 1..{protocol.MAX_TIMEOUT_US}"
+                )
+            limits.append(value / 1e6)
+        seconds = min(limits, default=None)
+        if seconds is not None and seconds <= 0:  # a gRPC deadline already past
+            raise TimeoutError("the request's deadline passed before it was queued")
+        return seconds
 
     async def read_body(self, headers, receive, largest: int) -> bytes:
         """The request body, at most the server's limit and ``largest`` (what a valid request

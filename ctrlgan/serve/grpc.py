@@ -23,12 +23,11 @@ import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from ctrlgan import __version__
 from ctrlgan.errors import InvalidRequest, Overloaded
 from ctrlgan.serve import protocol
 from ctrlgan.serve.app import check_key
 from ctrlgan.serve.models import VERSION, check_outputs, outputs
-from ctrlgan.serve.protocol import DATATYPES, DTYPES, MAX_TIMEOUT_US, ProtocolError, Tensor, bad
+from ctrlgan.serve.protocol import DATATYPES, DTYPES, ProtocolError, Tensor, bad
 
 log = logging.getLogger("ctrlgan.serve")
 SERVICE = "inference.GRPCInferenceService"
@@ -125,16 +124,14 @@ class Service:
         return response(live=True)
 
     async def ServerReady(self, request, context, response):
-        state = self.app.state
-        return response(ready=state.ready and not state.draining)
+        return response(ready=self.app.state.serving)
 
     async def ModelReady(self, request, context, response):
         self.app.model(request.name, request.version or None)
-        state = self.app.state
-        return response(ready=state.ready and not state.draining)
+        return response(ready=self.app.state.serving)
 
     async def ServerMetadata(self, request, context, response):
-        return response(name="ctrlgan", version=__version__, extensions=["binary_tensor_data"])
+        return response(**self.app.metadata)
 
     async def ModelMetadata(self, request, context, response):
         meta = self.app.model(request.name, request.version or None).metadata()
@@ -149,18 +146,15 @@ class Service:
     async def ModelInfer(self, request, context, response):
         app = self.app
         model = app.model(request.model_name, request.model_version or None)
-        app.state.refuse()
-        app.state.in_flight += 1
-        try:
+        with app.state.accepted():
             params = {k: param_value(v) for k, v in request.parameters.items()}
             inputs = self.inputs(request, model.max_elements)
             wanted = [o.name for o in request.outputs] or None
             check_outputs(wanted)
-            timeout = self.timeout(params, context)
+            # the client's deadline (seconds left; None without one) bounds the queue wait too
+            timeout = app.timeout(params, context.time_remaining())
             images = await model.infer(inputs, timeout)
             result = outputs(images, wanted)
-        finally:
-            app.state.in_flight -= 1
         out = response(model_name=model.name, model_version=VERSION, id=request.id)
         for name, array in result.items():
             out.outputs.add(name=name, datatype=DATATYPES[array.dtype], shape=array.shape)
@@ -201,18 +195,6 @@ class Service:
                     ) from None
             out[spec.name] = Tensor(spec.name, spec.datatype, shape, data)
         return out
-
-    def timeout(self, params: dict, context) -> float | None:
-        limit = self.app.request_timeout
-        remaining = context.time_remaining()  # the client's deadline, None without one
-        if remaining is not None:
-            limit = remaining if limit is None else min(limit, remaining)
-        value = params.get("timeout")
-        if value is None:
-            return limit
-        if type(value) is not int or not 0 < value <= MAX_TIMEOUT_US:
-            raise bad(f"parameters.timeout: microseconds, an int in 1..{MAX_TIMEOUT_US}")
-        return value / 1e6 if limit is None else min(value / 1e6, limit)
 
 
 def create_server(app, address: str, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
