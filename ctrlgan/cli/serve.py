@@ -22,15 +22,9 @@ def add_parsers(sub) -> None:
         "/metrics. Each model has its own micro-batching queue. SIGTERM or Ctrl-C drains: "
         "readiness turns 503, accepted requests are answered, then the server exits 0.",
     )
-    s.add_argument(
-        "models", nargs="*", default=["digits"], metavar="MODEL",
-        help="bundled model names or artifact directories, each served under its name",
-    )  # fmt: skip
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    s.add_argument("--port", type=int, default=8000, help="HTTP port")
+    add_listen(s)
     s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
     s.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
-    options.add_backend(s)
     s.add_argument("--max-batch-size", type=int, default=64, help="most images per backend call")
     s.add_argument(
         "--max-delay-ms", type=float, default=0.0,
@@ -67,15 +61,24 @@ def add_parsers(sub) -> None:
         "class and a seed, move one slider per direction, view grids and interpolations, copy "
         "the image as Python, CLI or curl; the page's URL holds its whole state. Ctrl-C stops.",
     )
-    p.add_argument(
-        "models", nargs="*", default=["digits"], metavar="MODEL",
-        help="bundled model names or artifact directories",
-    )  # fmt: skip
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free one)")
-    options.add_backend(p)
+    add_listen(p)
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
-    p.set_defaults(func=play)
+    # everything else as `serve` has it by default, but HTTP only, no key file, a short drain
+    tuning = vars(s.parse_args([]))
+    for name in ("models", "host", "port", "backend", "func"):
+        del tuning[name]
+    p.set_defaults(func=play, **{**tuning, "no_grpc": True, "drain_timeout": 5.0})
+
+
+def add_listen(parser: argparse.ArgumentParser) -> None:
+    """What `serve` and `play` share: the models, the address, the backend."""
+    parser.add_argument(
+        "models", nargs="*", default=["digits"], metavar="MODEL",
+        help="bundled model names or artifact directories, each served under its name",
+    )  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free one)")
+    options.add_backend(parser)
 
 
 def api_key(path: str | None) -> str | None:
@@ -99,12 +102,6 @@ def api_key(path: str | None) -> str | None:
 
 def play(args: argparse.Namespace) -> int:
     """`ctrlgan serve` without gRPC, announcing the page (and opening it with --open)."""
-    defaults = {"grpc_port": 0, "no_grpc": True, "max_batch_size": 64, "max_delay_ms": 0.0,
-                "max_queue": 1024, "max_images": 1024, "max_body_mb": 64.0,
-                "request_timeout": 60.0, "drain_timeout": 5.0, "api_key_file": None,
-                "threads": 0, "access_log": False}  # fmt: skip
-    for name, value in defaults.items():
-        setattr(args, name, value)
 
     def announce(line: str) -> None:
         if line.startswith("  HTTP"):

@@ -16,8 +16,8 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from ctrlgan.serve.grpc import MESSAGES
 from tests.serve.conftest import KEY
 from tests.serve.wire import assert_error, dumps, infer_body, output, reference
 
@@ -67,19 +67,8 @@ def test_timeouts_beyond_any_range_are_400(http, timeout):
     assert_error(http.post(INFER, content=dumps(body)), 400, "timeout")
 
 
-def _grpc_messages():
-    from importlib import resources
-
-    data = resources.files("ctrlgan.serve").joinpath("proto/inference.desc").read_bytes()
-    pool = descriptor_pool.DescriptorPool()
-    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
-        pool.Add(file)
-    get = lambda name: message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
-    return get("inference.ModelInferRequest"), get("inference.ModelInferResponse")
-
-
 def test_grpc_typed_contents_out_of_range_are_invalid_argument(server):
-    request_type, response_type = _grpc_messages()
+    request_type, response_type = MESSAGES["ModelInfer"]  # the server's own, private pool
     with grpc.insecure_channel(server.grpc) as channel:
         call = channel.unary_unary(
             "/inference.GRPCInferenceService/ModelInfer",

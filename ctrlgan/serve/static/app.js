@@ -61,8 +61,7 @@ function checkUrl() {
   state.mix = clamp("mix", state.mix, 0, 1);
   const steer = steerMap();
   for (const [k, v] of Object.entries(steer)) steer[k] = clamp(`steer.${k}`, v, -3, 3);
-  state.steer = Object.entries(steer).filter(([, v]) => Number(v) !== 0)
-    .map(([k, v]) => `${k}:${v}`).join(",");
+  state.steer = steerText(steer);
   return notes;
 }
 
@@ -81,8 +80,18 @@ function writeUrl() {
     if (k === "steer" && (!state.steer || state.view === "interpolate")) continue;
     if (state[k] !== undefined && state[k] !== "") q.set(k, state[k]);
   }
-  const text = q.toString().replace(/%3A/g, ":").replace(/%2C/g, ",");
+  const text = queryText(q);
   history.replaceState(null, "", text ? `?${text}` : location.pathname);
+}
+
+// A query as people read it: "steer=thickness:1.5,slant:-1", not "%3A" and "%2C".
+function queryText(q) {
+  return q.toString().replace(/%3A/g, ":").replace(/%2C/g, ",");
+}
+
+function steerText(steer) {  // {feature: alpha} -> "feature:alpha,..." without the zeros
+  return Object.entries(steer).filter(([, v]) => Number(v) !== 0)
+    .map(([k, v]) => `${k}:${v}`).join(",");
 }
 
 function steerMap() {
@@ -188,8 +197,7 @@ function showState() {
 function setSteer(feature, value) {
   const steer = steerMap();
   steer[feature] = value;
-  state.steer = Object.entries(steer).filter(([, v]) => Number(v) !== 0)
-    .map(([k, v]) => `${k}:${v}`).join(",");
+  state.steer = steerText(steer);
   const input = $(`steer-${feature}`);
   if (input) input.previousElementSibling.querySelector("output").textContent =
     Number(value).toFixed(1);
@@ -235,8 +243,7 @@ function imagePath(scale) {
   const route = { single: "image.png", grid: "grid.png", interpolate: "interpolate.png" }[state.view];
   const q = imageQuery();
   if (scale > 1) q.set("scale", scale);
-  const text = q.toString().replace(/%3A/g, ":").replace(/%2C/g, ",");
-  return `v1/models/${encodeURIComponent(state.model)}/${route}?${text}`;
+  return `v1/models/${encodeURIComponent(state.model)}/${route}?${queryText(q)}`;
 }
 
 function changed(event) {
