@@ -169,15 +169,11 @@ class Service:
             raise bad(f"inputs: {len(request.inputs)} tensors; this server's models take 4")
         out = {}
         for i, spec in enumerate(request.inputs):
-            where = f"inputs.{spec.name[:40]}"
-            if not spec.name:
-                raise bad(f"inputs[{i}].name: a tensor needs a name")
+            header = {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+            _, _, shape = protocol.tensor_header(header, f"inputs[{i}]", max_elements)
+            where = f"inputs.{spec.name}"
             if spec.name in out:
                 raise bad(f"{where}: given twice")
-            if spec.datatype not in DTYPES:
-                raise bad(f"{where}.datatype: {spec.datatype[:20]!r} is not one of "
-                          f"{', '.join(DTYPES)}")  # fmt: skip
-            shape = protocol.check_shape(list(spec.shape), where, max_elements)
             if raw:
                 data = protocol.from_bytes(raw[i], spec.datatype, shape, where)
             else:
