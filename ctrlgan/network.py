@@ -8,7 +8,8 @@ a row of a learned table, and a soft mix (1 - s) e(a) + s e(b) of two classes is
 Body: a linear first layer (so the fused prologue can gather class columns of its weight),
 BatchNorm + ReLU at s0 x s0, then transposed convolutions (kernel 4, stride 2, padding 1) that
 double the size with BatchNorm + ReLU, and a final one to the image channels with Tanh.
-s0 = 7 for 28-pixel images and 4 otherwise; supported sizes: 16, 28, 32, 64.
+s0 = 7 for 28-pixel images and 4 otherwise; supported sizes: 16, 28, 32, 64. With
+``arch="course"`` the body is the source's 28x28 MNIST generator instead (architecture.layout).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ctrlgan.architecture import EMBEDDINGS, IMAGE_SIZES, GeneratorConfig, stages
+from ctrlgan.architecture import EMBEDDINGS, IMAGE_SIZES, GeneratorConfig, layout, stages
 
 __all__ = ["EMBEDDINGS", "IMAGE_SIZES", "ConditionalGenerator", "GeneratorConfig", "stages"]
 
@@ -27,27 +28,24 @@ class ConditionalGenerator(nn.Module):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.config = config
-        s0, n_up = stages(config.image_size)
-        ch = config.base_channels * 2 ** (n_up - 1)
-        self.s0, self.ch0 = s0, ch
+        ch0, s0, layers = layout(config)
+        self.s0, self.ch0 = s0, ch0
         if config.embedding == "learned":
             self.embedding = nn.Embedding(config.n_classes, config.embed_dim)
         else:
             self.register_buffer("onehot", torch.eye(config.n_classes), persistent=False)
-        self.fc = nn.Linear(config.latent_dim, ch * s0 * s0)
-        self.bn0 = nn.BatchNorm2d(ch)
-        blocks = []
-        for _ in range(n_up - 1):
-            blocks.append(
-                nn.Sequential(
-                    nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
-                    nn.BatchNorm2d(ch // 2),
-                    nn.ReLU(inplace=True),
-                )
+        self.fc = nn.Linear(config.latent_dim, ch0 * s0 * s0)
+        self.bn0 = nn.BatchNorm2d(ch0)
+        conv = lambda up: nn.ConvTranspose2d(
+            up.in_channels, up.out_channels, up.kernel, up.stride, up.padding, bias=up.bias
+        )
+        self.blocks = nn.Sequential(
+            *(
+                nn.Sequential(conv(up), nn.BatchNorm2d(up.out_channels), nn.ReLU(inplace=True))
+                for up in layers[:-1]
             )
-            ch //= 2
-        self.blocks = nn.Sequential(*blocks)
-        self.out = nn.ConvTranspose2d(ch, config.channels, 4, 2, 1)
+        )
+        self.out = conv(layers[-1])
 
     def class_table(self) -> torch.Tensor:
         """The embedding table e [C, E]: identity for one-hot, learned rows otherwise."""

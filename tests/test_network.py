@@ -61,3 +61,27 @@ def test_soft_class_mix_interpolates_embeddings():
 def test_config_rejects_bad_values(kwargs, word):
     with pytest.raises(ValueError, match=word):
         GeneratorConfig(**{"z_dim": 4, "n_classes": 2, **kwargs})
+
+
+def test_course_layout_matches_the_source():
+    """arch="course": 74 -> 256x3x3 -> 128x6x6 -> 64x13x13 -> 1x28x28, biases everywhere."""
+    from ctrlgan.architecture import layout, weight_shapes
+
+    config = GeneratorConfig(z_dim=64, n_classes=10, image_size=28, arch="course")
+    g = ConditionalGenerator(config)
+    assert {k: list(v.shape) for k, v in g.state_dict().items()} == weight_shapes(config)
+    ch0, s0, layers = layout(config)
+    assert (ch0, s0) == (256, 3) and [up.size for up in layers] == [6, 13, 28]
+    assert g.fc.weight.shape == (256 * 9, 74)
+    assert [(m.kernel_size, m.stride) for m in (g.blocks[0][0], g.blocks[1][0], g.out)] == [
+        ((4, 4), (1, 1)),
+        ((3, 3), (2, 2)),
+        ((4, 4), (2, 2)),
+    ]
+    x = g.eval()(torch.randn(3, 64), torch.tensor([0, 4, 9]))
+    assert x.shape == (3, 1, 28, 28) and x.abs().max() <= 1
+    assert "arch" not in GeneratorConfig(z_dim=8, n_classes=2).to_dict()  # old manifests
+    with pytest.raises(ValueError, match="28x28"):
+        GeneratorConfig(z_dim=8, n_classes=2, image_size=32, arch="course")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        GeneratorConfig(z_dim=8, n_classes=2, arch="dcgan")

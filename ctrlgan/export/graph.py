@@ -44,6 +44,8 @@ class Layer:
 
     weight: np.ndarray
     bias: np.ndarray
+    stride: int = 1  # transposed convolutions: stride and padding (the kernel is the weight's)
+    padding: int = 0
 
 
 def fold_body(g: ConditionalGenerator) -> list[Layer]:
@@ -54,8 +56,9 @@ def fold_body(g: ConditionalGenerator) -> list[Layer]:
         k = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
         return k, bn.bias.double() - bn.running_mean.double() * k
 
-    def layer(weight: torch.Tensor, bias: torch.Tensor) -> Layer:
-        return Layer(weight.float().numpy(), bias.float().numpy())
+    def layer(weight: torch.Tensor, bias: torch.Tensor, conv=None) -> Layer:
+        at = {} if conv is None else {"stride": conv.stride[0], "padding": conv.padding[0]}
+        return Layer(weight.float().numpy(), bias.float().numpy(), **at)
 
     with torch.no_grad():  # folded in float64, rounded once
         k, shift = scale_shift(g.bn0)
@@ -66,8 +69,10 @@ def fold_body(g: ConditionalGenerator) -> list[Layer]:
         for block in g.blocks:
             conv, bn = block[0], block[1]
             k, shift = scale_shift(bn)
-            layers.append(layer(conv.weight.double() * k[None, :, None, None], shift))
-        layers.append(layer(g.out.weight, g.out.bias))
+            if conv.bias is not None:  # the course's layout: BN(conv + b) = k conv + (k b + shift)
+                shift = shift + k * conv.bias.double()
+            layers.append(layer(conv.weight.double() * k[None, :, None, None], shift, conv))
+        layers.append(layer(g.out.weight, g.out.bias, g.out))
     return layers
 
 
@@ -162,9 +167,9 @@ def _body_nodes(
                 "ConvTranspose",
                 [h, w, b],
                 [conv],
-                kernel_shape=[4, 4],
-                strides=[2, 2],
-                pads=[1, 1, 1, 1],
+                kernel_shape=list(layer.weight.shape[2:]),
+                strides=[layer.stride] * 2,
+                pads=[layer.padding] * 4,
             )
         )
         h = f"a{i}"

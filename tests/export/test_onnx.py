@@ -69,9 +69,10 @@ def test_graph_structure(model):
 
 
 @pytest.mark.parametrize("embedding", ["onehot", "learned"])
-def test_per_class_steering_and_learned_table_match_the_reference(embedding):
-    """The builder on its own: a per-class table [C, K, Z], both embeddings, an odd size."""
-    torch.manual_seed(1)
+@pytest.mark.parametrize("arch", ["ctrlgan", "course"])
+def test_per_class_steering_and_learned_table_match_the_reference(embedding, arch):
+    """The builder on its own: a per-class table [C, K, Z], both embeddings, an odd size, both
+    layouts (the course's has kernels 3 and 4, strides 1 and 2, and biases before BatchNorm)."""
     config = GeneratorConfig(
         z_dim=13,
         n_classes=5,
@@ -79,13 +80,17 @@ def test_per_class_steering_and_learned_table_match_the_reference(embedding):
         base_channels=6,
         embedding=embedding,
         embed_dim=4 if embedding == "learned" else 0,
+        arch=arch,
     )
     g = ConditionalGenerator(config)
-    for bn in (g.bn0, g.blocks[0][1]):  # non-trivial BatchNorm statistics to fold
+    for bn in (g.bn0, *(block[1] for block in g.blocks)):  # non-trivial statistics to fold
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
         bn.weight.data.uniform_(0.5, 1.5)
         bn.bias.data.uniform_(-0.2, 0.2)
+    for conv in (*(block[0] for block in g.blocks), g.out):
+        if conv.bias is not None:
+            conv.bias.data.uniform_(-0.5, 0.5)
     g.eval()
     table = torch.randn(5, 2, 13)
     model = graph.build_generator_graph(g, table)

@@ -558,7 +558,7 @@ def test_load_dataset_user_data(tmp_path, idx_arrays):
     assert ds.classes == ["a", "b"] and len(ds) == 2
 
 
-@pytest.mark.parametrize("spec", ["mnist", "Digits", "", "missing.npz", "image.png"])
+@pytest.mark.parametrize("spec", ["mnst", "Digits", "", "missing.npz", "image.png"])
 def test_load_dataset_unknown(tmp_path, monkeypatch, spec):
     monkeypatch.chdir(tmp_path)
     _save(tmp_path / "image.png", _gray(0))
