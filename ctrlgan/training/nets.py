@@ -124,9 +124,9 @@ class Discriminator(nn.Module):
 
 class CourseDiscriminator(nn.Module):
     """The source's conditional critic for 28x28 images: the image plus one one-hot channel per
-    class, then Conv(4, stride 2, no padding) + BatchNorm + LeakyReLU(0.2) twice (28 -> 13 -> 6;
-    hidden h then 2h channels) and a last Conv(4, stride 2) to one channel (6 -> 2): four logits
-    per image, each scored by BCE as the source does (``forward`` returns [B, 4])."""
+    class, then Conv(4, stride 2, no padding) + BatchNorm + LeakyReLU(0.2) twice (28 -> 13 -> 5;
+    hidden h then 2h channels) and a last Conv(4, stride 2) to one channel (5 -> 1): one logit
+    per image, ``forward`` returns [B, 1] as the source's ``view(len(x), -1)`` does."""
 
     def __init__(self, n_classes: int, channels: int = 1, hidden: int = 64):
         super().__init__()

@@ -61,3 +61,34 @@ def test_init_weights_dcgan_statistics():
     w = torch.cat([m.weight.flatten() for m in d.modules() if isinstance(m, torch.nn.Conv2d)])
     assert abs(w.mean().item()) < 2e-3
     assert abs(w.std().item() - 0.02) < 1e-3
+
+
+def test_course_discriminator_is_the_sources():
+    """The source's critic on image + one-hot channels, with the same weights: equal outputs,
+    one logit per 28x28 image; course_init draws its N(0, 0.02) weights and BN scales."""
+    from torch import nn
+
+    from ctrlgan.training.nets import CourseDiscriminator, course_init, onehot_channels
+
+    def block(cin, cout, final=False):  # the source's make_disc_block
+        if final:
+            return nn.Sequential(nn.Conv2d(cin, cout, 4, 2))
+        return nn.Sequential(nn.Conv2d(cin, cout, 4, 2), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
+
+    hidden, n_classes = 16, 10
+    source = nn.Sequential(block(1 + n_classes, hidden), block(hidden, 2 * hidden))
+    source.append(block(2 * hidden, 1, final=True))
+    ours = CourseDiscriminator(n_classes, 1, hidden)
+    course_init(ours)
+    for name in ("disc.0.1", "disc.1.1"):
+        bn = ours.get_submodule(name)
+        assert bn.weight.abs().max() < 0.15 and bn.bias.abs().max() == 0  # N(0, 0.02), 0
+    conv_w = torch.cat([ours.disc[i][0].weight.flatten() for i in (0, 1)])
+    assert 0.015 < conv_w.std() < 0.025
+    rename = lambda k: k.removeprefix("disc.").replace("2.", "2.0.", k.startswith("disc.2."))
+    source.load_state_dict({rename(k): v for k, v in ours.state_dict().items()})
+    x, y = torch.rand(5, 1, 28, 28) * 2 - 1, torch.randint(0, n_classes, (5,))
+    want = source(torch.cat([x, onehot_channels(y, n_classes, 28, 28)], 1)).view(5, -1)
+    got = ours(x, y)
+    assert got.shape == (5, 1)
+    torch.testing.assert_close(got, want)

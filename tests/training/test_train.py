@@ -126,6 +126,13 @@ def test_correlated_shapes_training_at_32px(tmp_path):
         ({"discriminator": "x"}, "discriminator"),
         ({"eval_per_class": -1}, "eval_per_class"),
         ({"data": "/no/such/data"}, "data"),
+        ({"arch": "dcgan"}, "arch"),
+        ({"arch": "course"}, "image_size"),  # digits are 16x16 unless resized
+        ({"arch": "course", "image_size": 32}, "image_size"),
+        ({"arch": "course", "loss": "wgan-gp"}, "loss"),
+        ({"arch": "course", "discriminator": "projection"}, "discriminator"),
+        ({"arch": "course", "embedding": "learned"}, "embedding"),
+        ({"arch": "course", "info_codes": 2}, "arch"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, changes, field):
@@ -237,3 +244,29 @@ def test_ctrl_c_checkpoints_and_resumes(tmp_path):
     finished = subprocess.run(resume, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert Artifact.open(out / "model").manifest.provenance["steps"] == done + 1
+
+
+def test_course_arch_trains_the_sources_networks(tmp_path):
+    """--arch course: the source's generator and critic, its initialisation, 28x28 images."""
+    from ctrlgan.training import train as train_module
+    from ctrlgan.training.nets import CourseDiscriminator
+
+    built = []
+    real_init = train_module.course_init
+    train_module.course_init = lambda m: (built.append(m), real_init(m))[1]
+    try:
+        config = TrainConfig(
+            out=str(tmp_path / "c"), arch="course", image_size=28, **{**FAST, "steps": 2}
+        )
+        result = train(config, progress=False)
+    finally:
+        train_module.course_init = real_init
+    assert [type(m).__name__ for m in built] == ["ConditionalGenerator", "CourseDiscriminator"]
+    assert isinstance(built[1], CourseDiscriminator)
+    m = result.artifact.manifest
+    assert m.generator["arch"] == "course" and m.image_shape == [1, 28, 28]
+    g = result.artifact.build_generator()
+    x = g(torch.randn(3, 10), torch.tensor([0, 5, 9]))
+    assert x.shape == (3, 1, 28, 28) and torch.isfinite(x).all()
+    d = load_file(tmp_path / "c" / CHECKPOINT)
+    assert d["D.disc.0.0.weight"].shape == (8, 1 + 10, 4, 4)  # image + one channel per class
