@@ -12,6 +12,8 @@ ask for unbounded memory or time. The limits, in one place:
     steering alpha        |alpha| <= MAX_ALPHA = 1000 (directions are unit vectors in a space
                           of N(0, 1) noise: far beyond any useful step)
     truncation            0 < tau <= MAX_TRUNCATION = 1000 (noise never exceeds ~6.7)
+    given noise z         finite, |z| <= MAX_Z = 1000 (seeded noise never exceeds ~6.7; the
+                          triton backend's float16 latents overflow at 65504)
     class-mix weight s    [0, 1]
     noise()               z_dim <= MAX_Z_DIM = 4096, seeds x z_dim <= MAX_NOISE_VALUES (2**26,
                           256 MiB of float32)
@@ -33,6 +35,7 @@ from ctrlgan.errors import InvalidRequest
 MAX_SEED = 2**64  # exclusive
 MAX_ALPHA = 1000.0
 MAX_TRUNCATION = 1000.0
+MAX_Z = 1000.0
 MAX_BATCH = 1 << 20
 MAX_Z_DIM = 4096
 MAX_NOISE_VALUES = 1 << 26

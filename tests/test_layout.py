@@ -66,12 +66,14 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_sampling_on_onnxruntime_never_imports_torch():
-    """Cold start: import, load, sample, interpolate, noise and the batcher on onnxruntime
-    (and "auto", which picks it on a machine without CUDA) pay for neither torch nor onnx."""
+    """Cold start: import, load, sample (from seeds, and from given z cast from float16),
+    interpolate, noise and the batcher on onnxruntime (and "auto", which picks it on a
+    machine without CUDA) pay for neither torch nor onnx."""
     code = (
         "import ctrlgan\n"
         "g = ctrlgan.load('digits', backend='onnxruntime')\n"
         "g.sample(classes=[1, 2], seeds=[3, 4], steer={'thickness': 1.0}, truncation=1.5)\n"
+        "g.sample(classes=3, z=ctrlgan.noise([3, 4], g.z_dim).astype('float16'))\n"
         "g.interpolate((5, 3), (9, 7), steps=4, method='slerp')\n"
         "g.traverse(1, 3, 'slant', [-1, 0, 1])\n"
         "ctrlgan.noise([0, 1], 8)\n"

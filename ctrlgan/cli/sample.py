@@ -25,16 +25,28 @@ def add_parsers(sub) -> None:
         sub,
         "sample",
         help="write a class-by-seed grid of samples",
-        description="Sample images and write a PNG grid: one row per class, "
-        "the same seeds in every row.",
+        description="Sample images and write a PNG grid: one row per class, the same seeds "
+        "in every row. With --z, the rows of a saved noise array [B, Z] replace the seeds "
+        "(e.g. numpy.save of ctrlgan.noise(seeds, z_dim), edited): the same B noise rows in "
+        "every class row.",
     )
     options.add_model(s)
     s.add_argument(
         "--class", dest="cls", default="all", help="classes: all, 3, 0-9, 1,4,7 or class names"
     )
-    s.add_argument("--n", type=int, default=8, help="seeds (images) per class")
-    s.add_argument("--seed", type=int, default=0, help="first seed")
+    # SUPPRESS: run_sample tells "not given" from the default, which --z needs
+    s.add_argument(
+        "--n", type=int, default=argparse.SUPPRESS, help="seeds (images) per class (default: 8)"
+    )
+    s.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default: 0)")
     s.add_argument("--truncation", type=float, default=None, help="truncate noise to |z| <= T")
+    s.add_argument(
+        "--z",
+        metavar="FILE.npy",
+        default=None,
+        help="render saved noise rows: a float .npy array [B, Z] (not with --n, --seed or "
+        "--truncation)",
+    )
     options.add_steer(s)
     options.add_scale(s)
     options.add_backend(s)
@@ -108,28 +120,107 @@ def run_sample(args: argparse.Namespace) -> int:
 
     out = options.output_file(args.output)
     options.positive(args.scale, "scale")
-    n = validate.integer(args.n, "n", lo=1)
+    if args.z is not None:
+        for name in ("n", "seed"):
+            if hasattr(args, name):
+                raise InvalidRequest(
+                    "z", f"--z gives the noise that --{name} would draw from seeds: drop --{name}"
+                )
+        if args.truncation is not None:
+            raise InvalidRequest(
+                "z",
+                "--truncation redraws noise from seeds, --z noise is used as it is: drop "
+                "--truncation (truncate with ctrlgan.noise(seeds, z_dim, truncation=T) before "
+                "saving)",
+            )
+    n = validate.integer(getattr(args, "n", 8), "n", lo=1)
+    seed = getattr(args, "seed", 0)
     truncation = _truncation(args.truncation)
     steer = options.steer(args.steer)
+    raw = None if args.z is None else _load_z(args.z)
     g = ctrlgan.load(args.model, backend=args.backend)
     classes = options.class_spec(args.cls, g.classes)
+    if raw is not None:
+        return _sample_z(g, args, out, raw, classes, steer)
     if n * len(classes) > g.max_batch:
         per = f"{n} x {len(classes)} classes" if len(classes) > 1 else str(n)
         raise InvalidRequest("n", f"{per} images exceed the batch limit {g.max_batch}")
-    if not 0 <= args.seed < 2**64:
-        raise InvalidRequest("seed", f"must be in [0, 2**64), got {args.seed}")
-    if args.seed + n > 2**64:
+    if not 0 <= seed < 2**64:
+        raise InvalidRequest("seed", f"must be in [0, 2**64), got {seed}")
+    if seed + n > 2**64:
         raise InvalidRequest(
-            "seed", f"seeds {args.seed}..{args.seed}+{n - 1} run past 2**64 - 1: lower --seed"
+            "seed", f"seeds {seed}..{seed}+{n - 1} run past 2**64 - 1: lower --seed"
         )
     # A class-by-seed grid: one row per class, the same n seeds in every row.
-    seeds = [args.seed + i for i in range(n)] * len(classes)
+    seeds = [seed + i for i in range(n)] * len(classes)
     rows = [c for c in classes for _ in range(n)]
     x = g.sample(rows, seeds, steer=steer, truncation=truncation)
     nrow = n if len(classes) > 1 else min(n, 8)
     ctrlgan.save_grid(x, out, nrow=nrow, scale=args.scale)
     names = ", ".join(g.classes[c] for c in classes)
-    print(f"wrote {out} ({len(classes)} class(es) [{names}] x {n} seed(s) from {args.seed})")
+    print(f"wrote {out} ({len(classes)} class(es) [{names}] x {n} seed(s) from {seed})")
+    return 0
+
+
+def _load_z(path: str):
+    """--z FILE: one array from a .npy file, never unpickling anything, memory-mapped so that
+    its shape is checked (request.parse_z) before its values are read."""
+    import numpy as np
+
+    shown = _shown(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except FileNotFoundError:
+        raise InvalidRequest("z", f"no such file: {shown}") from None
+    except IsADirectoryError:
+        raise InvalidRequest("z", f"{shown} is a directory, not a .npy file") from None
+    except OSError as e:
+        raise InvalidRequest("z", f"cannot read {shown} ({e.strerror or e})") from None
+    if magic[:4] == b"PK\x03\x04":
+        raise InvalidRequest(
+            "z", f"{shown} is an .npz archive; --z takes one array [B, Z] saved by numpy.save"
+        )
+    if magic != b"\x93NUMPY":
+        raise InvalidRequest(
+            "z", f"{shown} is not a .npy file (--z takes an array [B, Z] saved by numpy.save)"
+        )
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        if "object" in str(e).lower():
+            reason = "it holds Python objects (pickled), which --z never loads"
+        else:
+            reason = f"a broken .npy file ({str(e).splitlines()[0][:60] if str(e) else 'bad'})"
+        raise InvalidRequest("z", f"{shown}: {reason}") from None
+    except (OSError, EOFError) as e:
+        raise InvalidRequest("z", f"{shown}: cannot be read ({type(e).__name__})") from None
+
+
+def _shown(path: str) -> str:
+    """A path for a message: its end (the file name) if it is long."""
+    return repr(path if len(path) <= 60 else "..." + path[-57:])
+
+
+def _sample_z(g, args, out, raw, classes: list[int], steer) -> int:
+    """The --z grid: one row per class, the file's noise rows in every row."""
+    import numpy as np
+
+    import ctrlgan
+    from ctrlgan.runtime import request
+
+    shown = _shown(args.z)
+    try:
+        z = request.parse_z(raw, g.z_dim, limit=max(1, g.max_batch // len(classes)))
+    except InvalidRequest as e:
+        raise InvalidRequest("z", f"{shown}: {e.message}") from None
+    b = len(z)
+    rows = [c for c in classes for _ in range(b)]
+    x = g.sample(rows, z=np.tile(z, (len(classes), 1)), steer=steer)
+    nrow = b if len(classes) > 1 else min(b, 8)
+    ctrlgan.save_grid(x, out, nrow=nrow, scale=args.scale)
+    names = ", ".join(g.classes[c] for c in classes)
+    print(f"wrote {out} ({len(classes)} class(es) [{names}] x {b} noise row(s) from {args.z})")
     return 0
 
 

@@ -7,11 +7,13 @@ when one of them is built, so that sampling on onnxruntime never imports torch.
     torch        the eager reference: host noise, the latent prologue in torch ops, the
                  generator module (its first layer computed row by row, see below)
     onnxruntime  generator.onnx in an OrtSession; host noise (slerp done on the host, fed with
-                 t = 0: the graph's lerp returns z_a exactly there)
-    triton       CUDA only: noise and prologue in the fused Triton kernel, written straight into
-                 a half-precision latent buffer, then the generator body in fp16, channels_last,
-                 replayed from a CUDA graph captured per batch-size bucket (1, 2, 4, ..., max);
-                 calls are serialised by a lock. fp16 latents overflow beyond |z| = 65504, so
+                 t = 0: the graph's lerp returns z_a exactly there); given noise rows (z=) are
+                 fed the same way, as z_a = z_b with t = 0
+    triton       CUDA only: noise (or given rows, read as the kernel's z_a) and prologue in
+                 the fused Triton kernel, written straight into a half-precision latent
+                 buffer, then the generator body in fp16, channels_last, replayed from a CUDA
+                 graph captured per batch-size bucket (1, 2, 4, ..., max); calls are
+                 serialised by a lock. fp16 latents overflow beyond |z| = 65504, so
                  absurd steering (alpha ~ 1e4 and up) gives NaN images here, saturated ones on
                  the host backends.
 
@@ -44,7 +46,10 @@ HOST_CHUNK = 1024  # rows per host backend call, bounding memory for large reque
 
 
 def host_latents(rows: Rows, z_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(z_a, z_b, t) for graphs that lerp: noise from seeds; slerp already applied on the host."""
+    """(z_a, z_b, t) for graphs that lerp: given noise rows, or noise from seeds; slerp already
+    applied on the host."""
+    if rows.z is not None:  # given rows (never interpolated): t = 0 makes the lerp return z_a
+        return rows.z, rows.z, _zeros(len(rows))
     z_a = philox.normal(rows.seeds, z_dim, rows.truncation)
     if rows.t is None:
         return z_a, z_a, _zeros(len(rows))

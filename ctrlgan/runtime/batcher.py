@@ -7,7 +7,9 @@
     batcher.close()                                       # or: with BatchingGenerator(g) as b: ...
 
 ``submit`` validates a request at once, in the caller's thread, with ``Generator.prepare``: bad
-input raises InvalidRequest there and nothing is queued. One worker thread takes the oldest
+input raises InvalidRequest there and nothing is queued (given noise ``z`` is copied then, so
+the caller may reuse its array). Requests with given noise batch with each other, requests
+with seeds with each other (``Rows.key``). One worker thread takes the oldest
 queued request, waits until ``max_delay_ms`` after that request arrived (or less, once
 ``max_batch_size`` images with the same ``Rows.key`` are queued), then packs queued requests
 of that key, oldest first, into one ``Generator.run`` call of at most ``max_batch_size``
@@ -192,9 +194,10 @@ class BatchingGenerator:
         seeds=None,
         *,
         n: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         steer=None,
         truncation: float | None = None,
+        z=None,
         output: str = "float32",
         timeout: float | None = None,
     ) -> Future:
@@ -208,11 +211,14 @@ class BatchingGenerator:
         if timeout is not None:
             timeout = validate.real(timeout, "timeout", hi=MAX_TIMEOUT, above=0.0)
         rows = self.generator.prepare(
-            classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation
+            classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation, z=z
         )
         size = len(rows)
         if size > self.max_queue:
-            field = "seeds" if seeds is not None else "n" if n is not None else "classes"
+            field = (
+                "z" if z is not None else "seeds" if seeds is not None
+                else "n" if n is not None else "classes"
+            )  # fmt: skip
             raise InvalidRequest(
                 field, f"{size} images exceed the batcher's queue limit {self.max_queue}"
             )
@@ -265,15 +271,16 @@ class BatchingGenerator:
         seeds=None,
         *,
         n: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         steer=None,
         truncation: float | None = None,
+        z=None,
         output: str = "float32",
         timeout: float | None = None,
     ):
         """``submit(...).result()``: blocks until the images are ready."""
         future = self.submit(
-            classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation,
+            classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation, z=z,
             output=output, timeout=timeout,
         )  # fmt: skip
         return future.result()
@@ -284,9 +291,10 @@ class BatchingGenerator:
         seeds=None,
         *,
         n: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         steer=None,
         truncation: float | None = None,
+        z=None,
         output: str = "float32",
         timeout: float | None = None,
     ):
@@ -306,7 +314,7 @@ class BatchingGenerator:
                     del self._wakers[old]
                 waker = self._wakers.setdefault(loop, _LoopWaker(loop))
         future = self.submit(
-            classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation,
+            classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation, z=z,
             output=output, timeout=timeout,
         )  # fmt: skip
         waiter = loop.create_future()

@@ -2,8 +2,8 @@
 
 A Generator holds one verified model artifact and one backend (backends.py). Every request is
 validated in full into Rows before any work starts (request.py); noise comes from per-image
-seeds by the Philox contract; results are float32 NCHW arrays in [-1, 1] by default, or uint8
-NHWC arrays, torch tensors or PIL images on request.
+seeds by the Philox contract, or is given as rows (``z=``); results are float32 NCHW arrays in
+[-1, 1] by default, or uint8 NHWC arrays, torch tensors or PIL images on request.
 
 Backends: "torch" (eager reference), "onnxruntime" (the exported generator.onnx), "triton"
 (CUDA: fused prologue kernel + CUDA-graph body). "auto" takes triton where CUDA is usable,
@@ -98,9 +98,10 @@ class Generator:
         seeds=None,
         *,
         n: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         steer=None,
         truncation: float | None = None,
+        z=None,
         output: str = "float32",
     ):
         """Images of the requested classes: float32 [N, C, H, W] in [-1, 1] by default.
@@ -108,13 +109,18 @@ class Generator:
         classes: an index or name for every image, a list with one per image, or class mixes
         (class_a, class_b, s) giving (1 - s) e(a) + s e(b). seeds: one int per image (list,
         range, or a string like "0-15" or "1,4,7-9"), or ``n`` seeds counting up from ``seed``
-        (a single class is repeated). steer: {feature: alpha, or one alpha per image}.
+        (default 0; a single class is repeated). z: explicit noise rows instead of seeds, [N,
+        z_dim] float32 (e.g. ``ctrlgan.noise(seeds, g.z_dim)``, edited; float16/float64 arrays
+        and torch tensors are cast, integer arrays refused); not with seeds, n, seed or
+        truncation (truncation redraws seeded noise: truncate with ``ctrlgan.noise`` first).
+        steer: {feature: alpha, or one alpha per image}.
         output: "float32" (NCHW in [-1, 1]), "uint8" (NHWC), "torch" (a float32 tensor) or
-        "pil" (a list of PIL images). The same (seed, class, controls) always gives the same
-        image, whatever else shares the batch.
+        "pil" (a list of PIL images). The same (seed or z row, class, controls) always gives
+        the same image, whatever else shares the batch; ``z=ctrlgan.noise(seeds, g.z_dim)``
+        gives the images of ``seeds``.
         """
         check_output(output)
-        rows = self.prepare(classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation)
+        rows = self.prepare(classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation, z=z)
         return convert(self.run(rows), output)
 
     def interpolate(
@@ -187,17 +193,19 @@ class Generator:
 
     # The two halves of every verb (the micro-batcher calls them separately) ----------------
     def prepare(
-        self, classes=None, seeds=None, *, n=None, seed=0, steer=None, truncation=None
+        self, classes=None, seeds=None, *, n=None, seed=None, steer=None, truncation=None, z=None
     ) -> Rows:
         """Validate a sample request into Rows; raises InvalidRequest naming the field."""
+        if z is not None:
+            return self._prepare_z(classes, z, seeds, n, seed, steer, truncation)
         spec, scalar = request.parse_classes(classes, self.classes, limit=self.max_batch)
         count = None if scalar else len(spec.class_a)
         seed_rows = request.parse_seeds(
-            seeds, n, seed, count if count is not None else 1, limit=self.max_batch
-        )
+            seeds, n, 0 if seed is None else seed, count if count is not None else 1,
+            limit=self.max_batch,
+        )  # fmt: skip
         if scalar:
-            repeat = lambda a: np.repeat(a, len(seed_rows))
-            spec = request.ClassSpec(repeat(spec.class_a), repeat(spec.class_b), repeat(spec.s))
+            spec = _repeat(spec, len(seed_rows))
         elif len(seed_rows) != len(spec.class_a):
             raise InvalidRequest(
                 "seeds",
@@ -207,11 +215,39 @@ class Generator:
         alpha = request.parse_steer(steer, self.features, len(seed_rows))
         return Rows(seed_rows, spec.class_a, spec.class_b, spec.s, alpha, tau)
 
+    def _prepare_z(self, classes, z, seeds, n, seed, steer, truncation) -> Rows:
+        """Rows of given noise: z replaces the seeds, so nothing that makes seeds may come."""
+        for name, value in (("seeds", seeds), ("n", n), ("seed", seed)):
+            if value is not None:
+                raise InvalidRequest(
+                    "z", f"give either z (noise rows) or {name}, not both: {name} draws noise"
+                )
+        if truncation is not None:
+            raise InvalidRequest(
+                "truncation",
+                "applies to noise drawn from seeds (values beyond tau are redrawn from later "
+                "counters of the seed), not to given z: truncate first, with "
+                "ctrlgan.noise(seeds, z_dim, truncation=tau), then edit and pass that z",
+            )
+        z = request.parse_z(z, self.z_dim, limit=self.max_batch)
+        spec, scalar = request.parse_classes(classes, self.classes, limit=self.max_batch)
+        if scalar:
+            spec = _repeat(spec, len(z))
+        elif len(spec.class_a) != len(z):
+            raise InvalidRequest(
+                "z",
+                f"{len(z)} noise rows for {len(spec.class_a)} classes: give one class per row "
+                "of z, or a single class for all of them",
+            )
+        alpha = request.parse_steer(steer, self.features, len(z))
+        return Rows(None, spec.class_a, spec.class_b, spec.s, alpha, z=z)
+
     def run(self, rows: Rows) -> np.ndarray:
         """Images of validated rows: float32 [N, C, H, W], computed in chunks."""
         if len(rows) > self.max_batch:
             raise InvalidRequest(
-                "seeds", f"{len(rows)} images exceed the batch limit {self.max_batch}"
+                "z" if rows.z is not None else "seeds",
+                f"{len(rows)} images exceed the batch limit {self.max_batch}",
             )
         chunk = self._backend.chunk
         if len(rows) <= chunk:
@@ -241,6 +277,12 @@ def convert(images: np.ndarray, output: str):
     from PIL import Image
 
     return [Image.fromarray(im[:, :, 0] if im.shape[2] == 1 else im) for im in u8]
+
+
+def _repeat(spec: request.ClassSpec, count: int) -> request.ClassSpec:
+    """A single class (or mix) for each of ``count`` images."""
+    repeat = lambda a: np.repeat(a, count)
+    return request.ClassSpec(repeat(spec.class_a), repeat(spec.class_b), repeat(spec.s))
 
 
 def _endpoint(point, name: str, classes) -> tuple[int, int]:

@@ -6,6 +6,7 @@ checks and their limits are validate.py's; this module knows what a request is m
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -13,9 +14,11 @@ import numpy as np
 
 from ctrlgan import validate
 from ctrlgan.errors import InvalidRequest
-from ctrlgan.validate import MAX_ALPHA, MAX_SEED, MAX_TRUNCATION, is_int
+from ctrlgan.validate import MAX_ALPHA, MAX_SEED, MAX_TRUNCATION, MAX_Z, is_int
 
-__all__ = ["MAX_ALPHA", "MAX_SEED", "ClassSpec", "Rows", "parse_classes", "parse_seeds"]
+__all__ = [
+    "MAX_ALPHA", "MAX_SEED", "ClassSpec", "Rows", "parse_classes", "parse_seeds", "parse_z",
+]  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -23,10 +26,12 @@ class Rows:
     """A validated request, one entry per image: what every backend consumes.
 
     Noise z_a from ``seeds`` (and z_b from ``seeds_b`` when ``t`` is given, interpolated by
-    ``method``), steered by ``alpha`` [N, K]; class embedding from class_a, class_b and s.
+    ``method``), or given noise rows ``z`` instead of seeds (then ``seeds`` is None, and there
+    is no truncation and no interpolation); steered by ``alpha`` [N, K]; class embedding from
+    class_a, class_b and s.
     """
 
-    seeds: np.ndarray  # uint64 [N]
+    seeds: np.ndarray | None  # uint64 [N]; None with z
     class_a: np.ndarray  # int64 [N]
     class_b: np.ndarray  # int64 [N]
     s: np.ndarray  # float32 [N]
@@ -35,34 +40,43 @@ class Rows:
     seeds_b: np.ndarray | None = None  # uint64 [N], with t
     t: np.ndarray | None = None  # float32 [N]
     method: str = "lerp"
+    z: np.ndarray | None = None  # float32 [N, Z], C-contiguous: given noise rows
 
     def __len__(self) -> int:
-        return len(self.seeds)
+        return len(self.class_a)
 
     @property
     def key(self) -> tuple:
         """Rows with equal keys can share one backend call (see ``concat``)."""
-        return (self.truncation, self.t is not None, self.method if self.t is not None else None)
+        return (
+            self.truncation,
+            self.t is not None,
+            self.method if self.t is not None else None,
+            self.z is not None,
+        )
 
     def slice(self, start: int, stop: int) -> Rows:
         cut = lambda a: None if a is None else a[start:stop]
         return Rows(
-            self.seeds[start:stop], self.class_a[start:stop], self.class_b[start:stop],
+            cut(self.seeds), self.class_a[start:stop], self.class_b[start:stop],
             self.s[start:stop], self.alpha[start:stop], self.truncation,
-            cut(self.seeds_b), cut(self.t), self.method,
+            cut(self.seeds_b), cut(self.t), self.method, cut(self.z),
         )  # fmt: skip
 
     @staticmethod
     def concat(parts: Sequence[Rows]) -> Rows:
         if len({p.key for p in parts}) != 1:
-            raise ValueError("rows with different truncation or interpolation cannot be joined")
+            raise ValueError(
+                "rows with different truncation, interpolation or noise source cannot be joined"
+            )
         first = parts[0]
-        cat = lambda name: np.concatenate([getattr(p, name) for p in parts])
-        interp = first.t is not None
+        cat = lambda name: (
+            None if getattr(first, name) is None
+            else np.concatenate([getattr(p, name) for p in parts])
+        )  # fmt: skip
         return Rows(
             cat("seeds"), cat("class_a"), cat("class_b"), cat("s"), cat("alpha"),
-            first.truncation, cat("seeds_b") if interp else None, cat("t") if interp else None,
-            first.method,
+            first.truncation, cat("seeds_b"), cat("t"), first.method, cat("z"),
         )  # fmt: skip
 
 
@@ -181,6 +195,95 @@ def parse_seeds(
             "seed", f"seeds {seed}..{seed}+{count - 1} run past 2**64 - 1: lower the first seed"
         )
     return np.arange(count, dtype=np.uint64) + np.uint64(int(seed))
+
+
+def parse_z(z, z_dim: int, limit: int | None = None, field: str = "z") -> np.ndarray:
+    """Given noise rows -> float32 [B, z_dim], C-contiguous: a copy, so that the caller may
+    change its array while the request waits in a queue.
+
+    Accepted: a numpy array or a torch tensor of a floating dtype (float16, float32, float64,
+    bfloat16; cast to float32), or a list of B rows of z_dim real numbers. Integer, bool,
+    complex and object arrays are refused, not cast: noise is real-valued, and an integer
+    array here is most likely seeds or classes given to the wrong argument. The shape is
+    checked before anything is copied (rank 2, 1 <= B <= ``limit``, z_dim columns), the values
+    after the cast (finite, |z| <= MAX_Z). torch is not imported: a tensor can only come from
+    a process that already imported it.
+    """
+    expected = f"noise rows [B, {z_dim}]"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(z, torch.Tensor):
+        shape, dtype = tuple(z.shape), str(z.dtype).removeprefix("torch.")
+        floating = z.is_floating_point() and z.layout == torch.strided
+    elif isinstance(z, np.ndarray):
+        shape, dtype, floating = z.shape, str(z.dtype), z.dtype.kind == "f"
+    elif isinstance(z, (list, tuple)):
+        shape, dtype, floating = _list_shape(z, z_dim, limit, field), "float64", True
+    else:
+        raise InvalidRequest(
+            field, f"expected {expected} (a float32 numpy array), got {validate.show(z)}"
+        )
+    if len(shape) != 2:
+        hint = f" (one image: shape (1, {z_dim}), e.g. z[None])" if len(shape) == 1 else ""
+        raise InvalidRequest(field, f"expected {expected}, got shape {shape}{hint}")
+    if shape[0] == 0:
+        raise InvalidRequest(field, f"expected {expected} with B >= 1, got shape {shape}")
+    _check_row_count(shape[0], limit, field)
+    if shape[1] != z_dim:
+        raise InvalidRequest(
+            field, f"expected {expected}: rows of this model's z_dim {z_dim}, got shape {shape}"
+        )
+    if not floating:
+        raise InvalidRequest(
+            field, f"expected floating-point {expected} (float32), got an array of {dtype}"
+        )
+    try:
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
+            if torch is not None and isinstance(z, torch.Tensor):
+                z = z.detach().to(device="cpu", dtype=torch.float32).numpy()
+            out = np.array(z, dtype=np.float32, order="C")  # always a copy
+    except Exception as e:  # a tensor on a device that cannot be read, an exotic subclass
+        raise InvalidRequest(field, f"cannot be read as float32 ({type(e).__name__})") from None
+    bad = ~np.isfinite(out)
+    if bad.any():
+        b, j = np.argwhere(bad)[0]
+        raise InvalidRequest(
+            field,
+            f"must be finite, got z[{b}, {j}] = {out[b, j]} as float32 "
+            f"({int(bad.sum())} value(s) NaN or inf)",
+        )
+    big = np.abs(out) > MAX_Z
+    if big.any():
+        b, j = np.argwhere(big)[0]
+        raise InvalidRequest(
+            field, f"values must lie in [-{MAX_Z:g}, {MAX_Z:g}], got z[{b}, {j}] = {out[b, j]}"
+        )
+    return out
+
+
+def _check_row_count(n: int, limit: int | None, field: str) -> None:
+    if limit is not None and n > limit:
+        raise InvalidRequest(field, f"{n} noise rows (images) exceed the batch limit {limit}")
+
+
+def _list_shape(rows, z_dim: int, limit: int | None, field: str) -> tuple[int, ...]:
+    """The shape of a list of rows of reals, checked row by row (counted before it is read)."""
+    n = len(rows)
+    _check_row_count(n, limit, field)
+    if n == 0 or not isinstance(rows[0], (list, tuple)):
+        return (n,)  # parse_z names what is wrong with it
+    for i, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or len(row) != z_dim:
+            got = f"{len(row)} values" if isinstance(row, (list, tuple)) else validate.show(row)
+            raise InvalidRequest(field, f"row {i}: expected {z_dim} numbers, got {got}")
+        for v in row:
+            if not validate.is_real(v):
+                raise InvalidRequest(field, f"row {i}: expected numbers, got {validate.show(v)}")
+            if isinstance(v, int) and abs(v) > MAX_Z:  # also keeps 10**400 out of float()
+                raise InvalidRequest(
+                    field,
+                    f"row {i}: values must lie in [-{MAX_Z:g}, {MAX_Z:g}], got {validate.show(v)}",
+                )
+    return (n, z_dim)
 
 
 def parse_seed_string(text: str, limit: int = validate.MAX_SEED_STRING) -> list[int]:

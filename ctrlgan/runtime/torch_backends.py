@@ -95,10 +95,11 @@ class TritonBackend:
 
         n = len(rows)
         dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
-        kw = {
-            "seed_a": dev(rows.seeds.view(np.int64)), "z_dim": self.z_dim,
-            "class_a": dev(rows.class_a), "class_b": dev(rows.class_b), "s": dev(rows.s),
-        }  # fmt: skip
+        kw = {"class_a": dev(rows.class_a), "class_b": dev(rows.class_b), "s": dev(rows.s)}
+        if rows.z is not None:  # given noise rows replace the kernel's seeds
+            kw["z_a"] = dev(rows.z)
+        else:
+            kw |= {"seed_a": dev(rows.seeds.view(np.int64)), "z_dim": self.z_dim}
         if rows.truncation is not None:
             kw["truncation"] = rows.truncation
         if rows.t is not None:
