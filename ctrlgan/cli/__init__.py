@@ -1,5 +1,5 @@
 """The `ctrlgan` command: train, sample, interpolate, traverse, generate, directions, export,
-bench, info and serve; one module per command group, options.py for what they share.
+info, convert, bench and serve; one module per command group, options.py for what they share.
 
 User mistakes print one line on stderr and exit with status 2 (a full disk too, naming the
 file); Ctrl-C during training saves a checkpoint and exits with 130; a closed pipe (`ctrlgan
@@ -14,10 +14,20 @@ import os
 import sys
 
 from ctrlgan import __version__
-from ctrlgan.cli import bench, directions, generate, model, options, sample, serve, train
+from ctrlgan.cli import (
+    bench,
+    convert,
+    directions,
+    generate,
+    model,
+    options,
+    sample,
+    serve,
+    train,
+)
 from ctrlgan.errors import CtrlganError
 
-COMMAND_GROUPS = (train, sample, generate, directions, model, bench, serve)
+COMMAND_GROUPS = (train, sample, generate, directions, model, convert, bench, serve)
 DESCRIPTION = (
     "Conditional and controllable generation with GANs: train a class-conditional generator, "
     "find directions that control its features, export it to ONNX, and sample, interpolate, "

@@ -88,8 +88,12 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"image        {'x'.join(map(str, m.image_shape))} (C x H x W) in {m.value_range}")
     print(f"z_dim        {m.z_dim}   embedding {m.embedding}")
     print(f"directions   {', '.join(m.directions) or 'none'}")
-    print(f"trained on   {p.get('dataset', '?')} ({p.get('n_images', '?')} images)")
-    print(f"steps        {p.get('steps', '?')}   seed {p.get('seed', '?')}")
+    if "converted_from" in p:  # ctrlgan convert: another project's trained weights
+        digest = str(p.get("sha256", "?"))[:16]
+        print(f"converted    from {p['converted_from']} ({p.get('format', '?')}, sha256 {digest}…)")
+    else:
+        print(f"trained on   {p.get('dataset', '?')} ({p.get('n_images', '?')} images)")
+        print(f"steps        {p.get('steps', '?')}   seed {p.get('seed', '?')}")
     print(f"command      {p.get('command', '?')}")
     metrics = p.get("metrics")
     for name, value in (metrics if isinstance(metrics, dict) else {}).items():
