@@ -22,9 +22,11 @@ def add_parsers(sub) -> None:
         "directions",
         help="find directions in z-space that control features and write them into the model",
         description="Find one direction per feature (boundary: the unit normal of a logistic "
-        "regression on z labelled by the feature above/below its class median) or the top-K "
+        "regression on z labelled by the feature above/below its class median, or with "
+        "--chosen-ratio only its top and bottom fraction, as InterFaceGAN does) or the top-K "
         "unsupervised ones (closed-form: eigenvectors of W_z^T W_z of the first layer, named "
-        "factor_0..; gradient: the source's classifier gradients, averaged unit displacements of "
+        "factor_0..; with --normalize each unit's weights scaled to unit norm first, as SeFa "
+        "does; gradient: the source's classifier gradients, averaged unit displacements of "
         "gradient ascent on z against the frozen generator and the measured features), measure "
         "their effect on the features, and replace the model's direction table with them (ONNX "
         "graphs are re-exported; the artifact is replaced atomically). With --report, change "
@@ -61,6 +63,28 @@ def add_parsers(sub) -> None:
         help="samples (default: 5000 boundary fit, 512 gradient ascent, 1000 report)",
     )
     r.add_argument("--seed", type=int, default=0, help="seed of the sampled noise")
+    bound = r.add_argument_group("boundary method")
+    bound.add_argument(
+        "--chosen-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="label only the top and bottom R (0 < R <= 0.5) of each class's scores and leave "
+        "the middle out, InterFaceGAN's train_boundary convention (its default: 0.02; R of a "
+        "class must be >= 1 sample). On the digits model the directions then agree with "
+        "train_boundary's to cosine 0.90-0.94 at 5000 samples, 0.95-0.98 at 50000, about as well "
+        "as train_boundary's own runs agree (docs/controllable.md). Unset: every sample, "
+        "above/below its class median",
+    )
+    closed = r.add_argument_group("closed-form method")
+    closed.add_argument(
+        "--normalize",
+        action="store_true",
+        help="scale each first-layer unit's weights over z to unit norm before the eigen "
+        "decomposition, SeFa's factorize_weight convention: the directions then equal SeFa's "
+        "(top 5 on the digits model: |cosine| 1 - 2e-14; docs/controllable.md); without it they "
+        "agree to |cosine| 0.97-0.997",
+    )
     grad = r.add_argument_group("gradient method")
     grad.add_argument(
         "--per-class", action="store_true", help="one direction per class: a [C, K, Z] table"
@@ -116,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequest("seed", f"must be >= 0, got {args.seed}")
     if args.per_class and method != "gradient":
         raise InvalidRequest("per-class", "per-class tables come from --method gradient only")
+    if args.chosen_ratio is not None and method != "boundary":
+        raise InvalidRequest("chosen_ratio", "--chosen-ratio belongs to --method boundary")
+    if args.normalize and method != "closed-form":
+        raise InvalidRequest("normalize", "--normalize belongs to --method closed-form")
     for value, field in ((args.step_size, "step-size"), (args.lam, "lambda")):
         if not math.isfinite(value):
             raise InvalidRequest(field, f"must be finite, got {value!r}")
@@ -133,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
     measure = meter.fn(names)
     if method == "boundary":
         found = directions.boundary_directions(
-            generator, fset.fn(names), n=args.samples, seed=args.seed
+            generator,
+            fset.fn(names),
+            n=args.samples,
+            seed=args.seed,
+            chosen_ratio=args.chosen_ratio,
         )
     elif method == "gradient":
         # every non-circular feature goes in; the others than the target are held fixed
@@ -150,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             per_class=args.per_class,
         )
     else:
-        found = directions.closed_form_directions(generator, args.k)
+        found = directions.closed_form_directions(generator, args.k, normalize=args.normalize)
     n_effect = min(args.samples, 1000)
     before = None
     if held:
@@ -175,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         "effect": [[round(float(v), 6) for v in row] for row in effect],
         "validation_accuracy": found.accuracy,
         "monotonic_share": monotonic,
+        **found.settings,  # boundary: chosen_ratio, labelled; closed-form: normalize
     }
     if held:
         info["held"] = held
@@ -232,7 +265,15 @@ def _directions_report(args: argparse.Namespace, artifact, fset) -> int:
         flag
         for flag, value in (("--method", args.method), ("--hold", args.hold))
         if value is not None
-    ] + (["--per-class"] if args.per_class else [])
+    ] + [
+        flag
+        for flag, given in (
+            ("--per-class", args.per_class),
+            ("--chosen-ratio", args.chosen_ratio is not None),
+            ("--normalize", args.normalize),
+        )
+        if given
+    ]
     if ignored:
         raise InvalidRequest(
             "report",

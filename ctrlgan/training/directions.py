@@ -3,16 +3,23 @@
 A direction d is a unit vector in noise space; the runtime steers with z' = z + alpha d (DESIGN's
 latent prologue, step 3). Two ways to find one:
 
-* Linear boundaries (``boundary_directions``): sample z and classes y, measure features of G(z, y),
-  label each z by whether its feature lies above the median of its class (per class, so that the
-  class's own effect on the feature does not blur the labels), and fit a logistic regression on z.
-  The unit normal of its boundary, w / ||w||, is the direction; positive = more of the feature.
-  The accuracy on held-out samples says how linearly z encodes the feature.
+* Linear boundaries (``boundary_directions``, fitted by ``fit_boundary``): sample z and classes
+  y, measure features of G(z, y), label each z by whether its feature lies above the median of its
+  class (per class, so that the class's own effect on the feature does not blur the labels), and
+  fit a logistic regression on z. The unit normal of its boundary, w / ||w||, is the direction;
+  positive = more of the feature. The accuracy on held-out samples says how linearly z encodes
+  the feature. With ``chosen_ratio`` R in (0, 0.5], InterFaceGAN's convention (``train_boundary``
+  labels the top and bottom 2% of the scores): only the int(R n_c) highest and the int(R n_c)
+  lowest scores of each class's n_c samples are labelled (1 and 0), the middle is left out of the
+  fit and out of the accuracy.
 * Closed form (``closed_form_directions``): unsupervised, from the generator's first layer alone.
   With h = W_z z + ..., a step along d changes h by W_z d, so the unit d that move h most are the
   top eigenvectors of A = W_z^T W_z (symmetric: torch.linalg.eigh), sorted by eigenvalue,
   descending; each sign is fixed so that its largest-magnitude component is positive. Named
-  factor_0, factor_1, ... (what each changes is read off the effect matrix).
+  factor_0, factor_1, ... (what each changes is read off the effect matrix). With ``normalize``,
+  SeFa's convention (``factorize_weight``): each output unit's weights over z (a row of W_z, of
+  fc.weight [out, Z + E] restricted to its Z noise columns) is scaled to unit norm first, so that
+  every unit counts alike whatever its gain.
 
 * Classifier gradients (``gradient_directions``, the source's method): freeze the generator,
   sample z and classes, and do gradient ascent on z only, per sample, on the score
@@ -76,6 +83,7 @@ class Directions:
     accuracy: dict[str, float] = field(default_factory=dict)  # boundary: validation accuracy
     eigenvalues: list[float] = field(default_factory=list)  # closed form
     held: list[str] = field(default_factory=list)  # hold_fixed: the others are projected off
+    settings: dict = field(default_factory=dict)  # the method's options, for the provenance
 
 
 # Sampling ------------------------------------------------------------------------------------
@@ -114,43 +122,127 @@ def boundary_directions(
     n: int = 4000,
     seed: int = 0,
     val_fraction: float = 0.2,
+    chosen_ratio: float | None = None,
 ) -> Directions:
     """One direction per feature of ``feature_fn``: the unit normal of a logistic-regression
-    boundary on z between samples above and below their class's median of the feature."""
-    from sklearn.linear_model import LogisticRegression
-
+    boundary on z between samples above and below their class's median of the feature, or with
+    ``chosen_ratio`` R between the top and bottom R of each class's scores (``fit_boundary``)."""
     n = _check_int(n, "samples", 20)
-    if not 0 < val_fraction < 1:
-        raise InvalidRequest("val_fraction", f"must lie in (0, 1), got {val_fraction!r}")
+    chosen_ratio = _check_fractions(val_fraction, chosen_ratio)
     z, labels = sample_latents(generator, n, seed)
     values = _features(generator, z, labels, feature_fn)
-    n_val = max(1, round(n * val_fraction))
-    train, val = slice(0, n - n_val), slice(n - n_val, n)
-    x = z.double().numpy()
-    names, rows, accuracy = [], [], {}
+    names, rows, accuracy, labelled = [], [], {}, {}
     for name, v in values.items():
-        above = torch.zeros(n, dtype=torch.bool)
-        for c in labels.unique():
-            mask = labels == c
-            above[mask] = v[mask] > v[mask].median()
-        y = above.numpy()
-        if y[train].all() or not y[train].any():
-            raise InvalidRequest("features", f"{name!r} does not vary over the samples")
-        clf = LogisticRegression(C=1.0, max_iter=1000).fit(x[train], y[train])
-        w = torch.from_numpy(clf.coef_[0])
+        try:
+            normal, accuracy[name], labelled[name] = fit_boundary(
+                z, v, labels, chosen_ratio=chosen_ratio, val_fraction=val_fraction
+            )
+        except InvalidRequest as e:
+            if e.field != "scores":
+                raise
+            raise InvalidRequest("features", f"{name!r} {e.message}") from None
         names.append(name)
-        rows.append(w / w.norm())
-        accuracy[name] = float(clf.score(x[val], y[val]))
-    return Directions("boundary", names, torch.stack(rows).float(), accuracy=accuracy)
+        rows.append(normal)
+    settings = {"chosen_ratio": chosen_ratio, "labelled": labelled}
+    return Directions(
+        "boundary", names, torch.stack(rows).float(), accuracy=accuracy, settings=settings
+    )
 
 
-def closed_form_directions(generator: ConditionalGenerator, k: int) -> Directions:
-    """The top-k eigenvectors of W_z^T W_z of the first layer, named factor_0..factor_{k-1}."""
+def fit_boundary(
+    z, scores, labels, chosen_ratio: float | None = None, val_fraction: float = 0.2
+) -> tuple[torch.Tensor, float, int]:
+    """The boundary of one feature: (unit normal float64 [Z], held-out accuracy, labelled count).
+
+    ``z`` [N, Z], ``scores`` [N] and class ``labels`` [N]. Labels: score above its class's
+    median (every sample), or with ``chosen_ratio`` R the int(R n_c) highest (1) and lowest (0)
+    scores of each class (ties by position), the rest dropped. The last round(N val_fraction)
+    rows are held out; a logistic regression (C = 1) on the labelled rows before them gives the
+    normal, and its accuracy on the labelled held-out rows is returned."""
+    from sklearn.linear_model import LogisticRegression
+
+    chosen_ratio = _check_fractions(val_fraction, chosen_ratio)
+    z, v, labels = torch.as_tensor(z), torch.as_tensor(scores), torch.as_tensor(labels)
+    n = len(z)
+    if z.ndim != 2 or v.shape != (n,) or labels.shape != (n,):
+        raise InvalidRequest(
+            "scores",
+            f"must be [N] scores for z [N, Z] and labels [N]; got {tuple(v.shape)} for "
+            f"{tuple(z.shape)} and {tuple(labels.shape)}",
+        )
+    if not torch.isfinite(v).all():
+        raise InvalidRequest("scores", "must be finite (no NaN or inf)")
+    if n and not v.max() > v.min():  # constant: nothing to separate
+        raise InvalidRequest("scores", "does not vary over the samples")
+    above = torch.zeros(n, dtype=torch.bool)
+    keep = torch.ones(n, dtype=torch.bool)
+    for c in labels.unique():
+        (rows,) = torch.nonzero(labels == c, as_tuple=True)
+        if chosen_ratio is None:
+            above[rows] = v[rows] > v[rows].median()
+            continue
+        chosen = int(len(rows) * chosen_ratio)
+        if chosen < 1:
+            raise InvalidRequest(
+                "chosen_ratio",
+                f"{chosen_ratio} of the {len(rows)} samples of class {int(c)} labels none: "
+                f"raise it or the samples",
+            )
+        order = rows[torch.argsort(v[rows], stable=True)]
+        keep[order[chosen:-chosen]] = False
+        above[order[-chosen:]] = True
+    n_val = max(1, round(n * val_fraction))
+    y, x = above.numpy(), z.double().numpy()
+    train = keep.numpy().copy()
+    train[n - n_val :] = False
+    val = keep.numpy().copy()
+    val[: n - n_val] = False
+    if chosen_ratio is None and (not y[train].any() or y[train].all()):
+        raise InvalidRequest("scores", "does not vary over the samples")
+    if chosen_ratio is not None and (min(y[train].sum(), (~y[train]).sum()) < 2 or not val.any()):
+        raise InvalidRequest(
+            "chosen_ratio",
+            f"{chosen_ratio} labels too few samples for the fit ({int(train.sum())} to train "
+            f"on, {int(val.sum())} held out): raise it or the samples",
+        )
+    clf = LogisticRegression(C=1.0, max_iter=1000).fit(x[train], y[train])
+    w = torch.from_numpy(clf.coef_[0])
+    return w / w.norm(), float(clf.score(x[val], y[val])), int(keep.sum())
+
+
+def _check_fractions(val_fraction, chosen_ratio) -> float | None:
+    """Refuse a bad ``val_fraction`` or ``chosen_ratio``; the latter as a float (or None)."""
+    if not 0 < val_fraction < 1:
+        raise InvalidRequest("val_fraction", f"must lie in (0, 1), got {val_fraction!r}")
+    if chosen_ratio is None:
+        return None
+    if (
+        isinstance(chosen_ratio, bool)
+        or not isinstance(chosen_ratio, (int, float, np.floating))
+        or not 0 < chosen_ratio <= 0.5
+    ):
+        raise InvalidRequest(
+            "chosen_ratio", f"must be a fraction in (0, 0.5] or None, got {chosen_ratio!r}"
+        )
+    return float(chosen_ratio)
+
+
+def closed_form_directions(
+    generator: ConditionalGenerator, k: int, normalize: bool = False
+) -> Directions:
+    """The top-k eigenvectors of W_z^T W_z of the first layer, named factor_0..factor_{k-1};
+    ``normalize``: every row of W_z (one output unit's weights over z) scaled to unit norm
+    first, as SeFa does (rows without any weight on z are left out)."""
     z_dim = generator.config.z_dim
     k = _check_int(k, "k", 1)
     if k > z_dim:
         raise InvalidRequest("k", f"must be at most z_dim = {z_dim}, got {k}")
+    if not isinstance(normalize, bool):
+        raise InvalidRequest("normalize", f"must be True or False, got {normalize!r}")
     w = generator.fc.weight.detach()[:, :z_dim].double()
+    if normalize:
+        norms = w.norm(dim=1, keepdim=True)
+        w = (w / norms)[norms[:, 0] > 0]
     values, vectors = torch.linalg.eigh(w.T @ w)  # ascending
     order = torch.argsort(values, descending=True)[:k]
     table = vectors[:, order].T.contiguous()  # [k, Z]
@@ -160,6 +252,7 @@ def closed_form_directions(generator: ConditionalGenerator, k: int) -> Direction
         [f"factor_{i}" for i in range(k)],
         table.float(),
         eigenvalues=[float(v) for v in values[order]],
+        settings={"normalize": normalize},
     )
 
 
