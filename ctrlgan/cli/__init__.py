@@ -18,6 +18,7 @@ from ctrlgan.cli import (
     bench,
     convert,
     directions,
+    edit,
     generate,
     model,
     options,
@@ -27,7 +28,7 @@ from ctrlgan.cli import (
 )
 from ctrlgan.errors import CtrlganError
 
-COMMAND_GROUPS = (train, sample, generate, directions, model, convert, bench, serve)
+COMMAND_GROUPS = (train, sample, generate, directions, edit, model, convert, bench, serve)
 DESCRIPTION = (
     "Conditional and controllable generation with GANs: train a class-conditional generator, "
     "find directions that control its features, export it to ONNX, and sample, interpolate, "
