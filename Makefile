@@ -22,9 +22,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	mkdir -p demo
-	$(VENV)/bin/ctrlgan sample digits --class 0-9 --n 8 --seed 0 -o demo/digits_grid.png
-	$(VENV)/bin/ctrlgan interpolate digits --from 5:3 --to 9:7 --steps 8 -o demo/interpolation.png
-	$(VENV)/bin/ctrlgan bench digits --batch-sizes 1,64 --rounds 30 --no-compile --quiet
+	$(VENV)/bin/ctrlgan sample mnist --class 0-9 --n 8 --seed 0 -o demo/mnist_grid.png
+	$(VENV)/bin/ctrlgan interpolate mnist --from 5:3 --to 9:7 --steps 8 -o demo/interpolation.png
+	$(VENV)/bin/ctrlgan edit mnist --class 3 --seeds 0-7 --increase thickness --keep slant,size -o demo/edit.png
+	$(VENV)/bin/ctrlgan bench mnist --batch-sizes 1,64 --rounds 30 --no-compile --quiet
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ctrlgan tests benchmarks
@@ -43,7 +44,7 @@ proto: $(STAMP)
 	cd ctrlgan/serve/proto && ../../../$(PY) -m grpc_tools.protoc -I. --descriptor_set_out=inference.desc inference.proto
 
 serve: $(STAMP)
-	$(VENV)/bin/ctrlgan serve digits
+	$(VENV)/bin/ctrlgan serve mnist
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

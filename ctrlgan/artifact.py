@@ -49,6 +49,9 @@ GENERATOR_ONNX = "generator.onnx"
 GENERATOR_FP16_ONNX = "generator.fp16.onnx"
 BODY_ONNX = "generator.body.onnx"
 BUNDLED_DIR = Path(__file__).parent / "models"
+# The model the CLI, the server and ctrlgan.load() use when none is named: the source's
+# networks on real 28x28 MNIST (README, "The bundled models"; "digits" is the small 16x16 one)
+DEFAULT_MODEL = "mnist"
 MAX_MANIFEST_BYTES = 1 << 24  # 16 MiB: a manifest is a few KB
 MAX_NAME = 200  # characters of a class or direction name
 MAX_DIRECTION_VALUE = 1e4  # entries of a direction table (unit vectors: |entry| <= 1)

@@ -1,4 +1,4 @@
-"""The bundled default model: present, verified, and as good as its README says."""
+"""The bundled models: present, verified, and as good as the README says."""
 
 import numpy as np
 import torch
@@ -6,7 +6,7 @@ import torch
 import ctrlgan
 from ctrlgan.artifact import Artifact, bundled_models
 from ctrlgan.cli import main
-from ctrlgan.training.data import load_digits
+from ctrlgan.training.data import load_dataset, load_digits
 from ctrlgan.training.metrics import fit_reference_classifier, mean_pairwise_distance
 
 
@@ -41,8 +41,45 @@ def test_digits_conditional_accuracy_and_diversity():
         assert ratio >= 0.5, (c, ratio)
 
 
+def test_mnist_is_bundled_with_its_provenance():
+    """The source's networks (--arch course) trained on real MNIST (issue 14's targets)."""
+    assert "mnist" in bundled_models()
+    a = Artifact.open("mnist")
+    m, p = a.manifest, a.manifest.provenance
+    assert m.generator["arch"] == "course" and m.image_shape == [1, 28, 28]
+    assert p["command"].startswith("ctrlgan train") and "--arch course" in p["command"]
+    assert p["dataset"] == "mnist" and p["n_images"] == 5000
+    assert p["metrics"]["conditional_accuracy"] >= 0.95
+    assert p["metrics"]["diversity_ratio_mean"] >= 0.6
+    assert m.directions[:3] == ["thickness", "slant", "size"]
+    assert "features.safetensors" in m.files and "generator.onnx" in m.files
+
+
+def test_mnist_conditional_accuracy_and_diversity():
+    """CI's smaller sample of the README's measurement: fresh seeds, an SVM on real MNIST."""
+    real = load_dataset("mnist")
+    classifier = fit_reference_classifier(real.images, real.labels)
+    g = ctrlgan.load("mnist", backend="onnxruntime")
+    per_class = 60
+    start = int(np.random.default_rng().integers(0, 2**62))
+    labels = np.repeat(np.arange(10), per_class)
+    x = g.sample(classes=labels.tolist(), seeds=range(start, start + len(labels)))
+    accuracy = (classifier.predict(x.reshape(len(x), -1)) == labels).mean()
+    assert accuracy >= 0.93, accuracy  # 95% over 10,000 samples; a 600-sample estimate varies
+    ratios = []
+    for c in range(10):
+        fake = torch.from_numpy(x[labels == c])
+        ratios.append(
+            mean_pairwise_distance(fake) / mean_pairwise_distance(real.images[real.labels == c])
+        )
+    assert np.mean(ratios) >= 0.6 and min(ratios) >= 0.45, ratios
+
+
 def test_sample_command_uses_the_bundled_default(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["sample", "--class", "7"]) == 0
-    assert (tmp_path / "samples.png").exists()
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "samples.png")
     assert "[7]" in capsys.readouterr().out
+    assert grid.width > 28 * 8  # the default model is mnist: 28x28 digits, 8 to a row

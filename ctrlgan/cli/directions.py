@@ -342,7 +342,7 @@ def _print_correlation(columns, correlation) -> None:
 
 def _report_data(artifact, spec):
     """The data set the report correlates features over: --data, else the model's own when it
-    can be rebuilt offline (digits; shapes from the provenance's seed and correlations)."""
+    can be rebuilt offline (digits, mnist; shapes from the provenance's seed and correlations)."""
     from ctrlgan.training.data import load_dataset
 
     _, h, _ = artifact.manifest.image_shape
@@ -363,8 +363,8 @@ def _report_data(artifact, spec):
         return dataset
     provenance = artifact.manifest.provenance
     config = _mapping(provenance.get("config"))
-    if provenance.get("dataset") == "digits":
-        return load_dataset("digits", size=h)
+    if provenance.get("dataset") in ("digits", "mnist"):
+        return load_dataset(provenance["dataset"], size=h)
     if provenance.get("dataset") == "shapes":
         try:
             correlate = [tuple(c) for c in config.get("correlate", [])]

@@ -14,6 +14,7 @@ import math
 import re
 from pathlib import Path
 
+from ctrlgan.artifact import DEFAULT_MODEL
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.runtime.request import class_spec, int_list, seed_class  # noqa: F401 (the commands use them from here)
 
@@ -47,7 +48,10 @@ def command(sub, name: str, help: str, description: str, **kwargs) -> argparse.A
 
 def add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", nargs="?", default="digits", help="bundled model name or artifact directory"
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help="bundled model name (mnist, digits) or artifact directory",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ctrlgan.artifact import DEFAULT_MODEL
 from ctrlgan.cli import options
 from ctrlgan.errors import InvalidRequest
 
@@ -73,7 +74,7 @@ def add_parsers(sub) -> None:
 def add_listen(parser: argparse.ArgumentParser) -> None:
     """What `serve` and `play` share: the models, the address, the backend."""
     parser.add_argument(
-        "models", nargs="*", default=["digits"], metavar="MODEL",
+        "models", nargs="*", default=[DEFAULT_MODEL], metavar="MODEL",
         help="bundled model names or artifact directories, each served under its name",
     )  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from ctrlgan import validate
-from ctrlgan.artifact import Artifact
+from ctrlgan.artifact import DEFAULT_MODEL, Artifact
 from ctrlgan.errors import BackendUnavailable, InvalidRequest
 from ctrlgan.images import to_uint8
 from ctrlgan.runtime import backends, cuda, philox, request
@@ -298,13 +298,14 @@ def _endpoint(point, name: str, classes) -> tuple[int, int]:
 
 
 def load(
-    name_or_path: str | os.PathLike = "digits",
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
     backend: str = "auto",
     device: str | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     threads: int = 0,
 ) -> Generator:
-    """Load a bundled model by name (e.g. "digits") or an artifact directory by path.
+    """Load a bundled model by name ("mnist", the default, or "digits") or an artifact directory
+    by path.
 
     backend: "auto", "torch", "onnxruntime" or "triton"; device: None (the backend's
     choice), "cpu" or "cuda"; max_batch: the most images one call may ask for; threads: CPU

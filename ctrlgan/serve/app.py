@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 from ctrlgan import __version__
+from ctrlgan.artifact import DEFAULT_MODEL
 from ctrlgan.errors import CtrlganError, InvalidRequest, Overloaded
 from ctrlgan.runtime.generator import Generator
 from ctrlgan.serve import people, protocol
@@ -464,7 +465,7 @@ async def respond_json(send, status: int, doc) -> int:
 
 
 def create_app(
-    models: Iterable | Mapping = ("digits",),
+    models: Iterable | Mapping = (DEFAULT_MODEL,),
     *,
     backend: str = "auto",
     max_batch_size: int = 64,
