@@ -256,7 +256,8 @@ def test_messages_name_the_right_field_and_nothing_is_written(tmp_path, capsys, 
 
 def test_negative_numbers_are_values_not_options(tmp_path, capsys):
     out = tmp_path / "t.png"
-    argv = ["traverse", "--alphas", "-2,-1,0", "--feature", "size", "-o", str(out), "--scale", "1"]
+    argv = ["traverse", "digits", "--alphas", "-2,-1,0", "--feature", "size", "-o", str(out)]
+    argv += ["--scale", "1"]
     code, _, err = run(capsys, *argv)
     assert code == 0, err
     assert Image.open(out).size == (3 * 18 + 2, 18 + 2)
