@@ -16,7 +16,8 @@ def add_parsers(sub) -> None:
         "export",
         help="write the model's ONNX graphs into its artifact",
         description="Write generator.onnx (the ONNX contract: z_a, z_b, t, class_a, class_b, s, "
-        "alpha -> image, the latent prologue as the function ctrlgan.LatentPrep), "
+        "alpha -> image; standard ONNX ops only, the latent prologue's nodes named prologue/..., "
+        "the model's meaning in the graph's metadata), "
         "generator.fp16.onnx and generator.body.onnx (latent -> image) into the artifact, "
         "with their checksums and signatures in the manifest. The artifact is replaced "
         "atomically; on any error it is left as it was.",
@@ -26,7 +27,7 @@ def add_parsers(sub) -> None:
         "--check",
         action="store_true",
         help="then compare every graph with the torch model (onnxruntime, the ONNX reference "
-        "evaluator, the inlined graph) at batches 1, 7 and 256; exit 1 if one is off",
+        "evaluator) at batches 1, 7 and 256; exit 1 if one is off",
     )
     e.add_argument("--check-only", action="store_true", help="check the graphs already exported")
     e.add_argument(

@@ -4,8 +4,11 @@
     generator.fp16.onnx  the same signature; the body computes in float16
     generator.body.onnx  latent [B, Z + E] -> image, for backends that make the latent themselves
 
-Steps 2-5 of the latent prologue are one model-local function ``ctrlgan.LatentPrep`` of standard
-ops (so any runtime inlines it, while ctrlgan's GPU backend can run its Triton kernel there):
+Steps 2-5 of the latent prologue are standard ONNX ops in the main graph, every node and value
+named ``prologue/...`` so that a viewer (Netron) shows them as one group. (They used to be one
+model-local function, ``ctrlgan.LatentPrep``; OpenVINO, tract and onnx2torch refuse a function in
+a custom domain, so the graphs users get carry none. ctrlgan's GPU backend never ran the graph's
+prologue anyway: it runs steps 1-5 as its Triton kernel.)
 
     z = (1 - t) z_a + t z_b                        lerp (slerp: the caller passes slerp(z_a, z_b, t)
                                                    as z_a with t = 0, which returns z_a exactly)
@@ -15,12 +18,18 @@ ops (so any runtime inlines it, while ctrlgan's GPU backend can run its Triton k
 
 The body is the generator after its input with every BatchNorm folded into the layer before it
 (eval-mode statistics): Gemm -> Reshape -> Relu -> [ConvTranspose -> Relu] ... -> ConvTranspose
--> Tanh. Graphs are built by hand rather than traced, so the structure is exactly this and the
-batch dimension is symbolic ("batch") everywhere.
+-> Tanh. In the float16 graph the first layer's bias is a separate Add after a bias-free Gemm:
+tract 0.23 rejects a float16 Gemm with a bias ("Output mismatch after rewiring expansion ...
+expected F16 got F32"; a one-node Gemm reproduces it, docs/onnx.md). Graphs are built by hand
+rather than traced, so the structure is exactly this and the batch dimension is symbolic
+("batch") everywhere. ``metadata`` (``graph_metadata``) goes into every graph's
+``metadata_props``: class names, steering features in alpha's column order, z size, image shape
+and value range, and the noise contract, so that the .onnx file alone says what its inputs mean.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +41,7 @@ from ctrlgan.network import ConditionalGenerator
 
 OPSET = 18
 IR_VERSION = 10  # opset 18 needs >= 8; onnxruntime 1.31 reads <= 13 (onnx 1.23 writes 14)
-DOMAIN = "ctrlgan"
-FUNCTION = "LatentPrep"
+PROLOGUE = "prologue/"  # the name prefix of the latent prologue's nodes and values
 BATCH = "batch"
 INPUTS = ("z_a", "z_b", "t", "class_a", "class_b", "s", "alpha")
 
@@ -80,19 +88,65 @@ def _value(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, shape)
 
 
-def _const(name: str, array: np.ndarray) -> onnx.NodeProto:
-    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name))
+NOISE_CONTRACT = (
+    "z[b, j] = randn(seed[b], j), j < z_dim: Triton's tl.randn(seed, offset). Philox-4x32-10 "
+    "with counter (offset, 0, 0, 0) and key (low, high 32 bits of the 64-bit seed); rounds "
+    "c0' = mulhi(B, c2) ^ c1 ^ k0, c2' = mulhi(A, c0) ^ c3 ^ k1, c1' = lo(B c2), "
+    "c3' = lo(A c0), key += (0x9E3779B9, 0xBB67AE85), A = 0xD2511F53, B = 0xCD9E8D57. "
+    "Uniforms from the first two outputs as int32 (x < 0 -> ~x) times 4.6566127342e-10; "
+    "Box-Muller, cosine branch: sqrt(-2 ln max(u1, 1e-7)) cos(2 pi u2). Truncation tau: a value "
+    "with |z| > tau is redrawn from offset j + r z_dim, r = 1..3, then clamped. The graph takes "
+    "z itself (z_a, z_b); slerp is done by the caller, fed as z_a with t = 0. "
+    "Reference: ctrlgan.kernels.reference; NumPy: docs/onnx.md."
+)
 
 
-def latent_prep_function(steer: int) -> onnx.FunctionProto:
-    """ctrlgan.LatentPrep(z_a, z_b, t, class_a, class_b, s, alpha, directions, table) -> x.
+def graph_metadata(
+    classes, features, z_dim: int, image_shape, value_range=(-1.0, 1.0)
+) -> dict[str, str]:
+    """The ``metadata_props`` of every graph: what the inputs and the output mean."""
+    return {
+        "ctrlgan.classes": json.dumps(list(classes)),
+        "ctrlgan.features": json.dumps(list(features)),
+        "ctrlgan.z_dim": str(int(z_dim)),
+        "ctrlgan.image_shape": json.dumps([int(v) for v in image_shape]),
+        "ctrlgan.value_range": json.dumps([float(v) for v in value_range]),
+        "ctrlgan.inputs": (
+            "z_a, z_b float32 [B, z_dim]: noise rows; t float32 [B]: z = (1 - t) z_a + t z_b; "
+            "class_a, class_b int64 [B]: class ids (ctrlgan.classes); s float32 [B]: class "
+            "embedding (1 - s) e(class_a) + s e(class_b); alpha float32 [B, K]: steering "
+            "strength along each of ctrlgan.features; image float32 [B, C, H, W] in "
+            "ctrlgan.value_range"
+        ),
+        "ctrlgan.noise": NOISE_CONTRACT,
+    }
 
-    ``steer``: 0 no table (alpha is ignored), 1 global [K, Z], 2 per-class [C, K, Z].
+
+def latent_prep_nodes(steer: int, latent: str = "latent") -> list[onnx.NodeProto]:
+    """Steps 2-5 from the graph inputs (z_a, z_b, t, class_a, class_b, s, alpha) and the
+    initializers ``directions`` and ``class_table`` to ``latent`` = concat(z, y).
+
+    ``steer``: 0 no table (alpha is ignored), 1 global [K, Z], 2 per-class [C, K, Z]. Every
+    node and intermediate value is named ``prologue/...``.
     """
-    n = helper.make_node
+    outer = {*INPUTS, "directions", "table", "x"}
+    rename = {"table": "class_table", "x": latent}
+    named = lambda v: rename.get(v, v) if v in outer else PROLOGUE + v
+    counts: dict[str, int] = {}
+
+    def n(op: str, inputs: list[str], outputs: list[str], **attrs) -> onnx.NodeProto:
+        counts[op] = counts.get(op, 0) + 1
+        return helper.make_node(
+            op,
+            [named(v) for v in inputs],
+            [named(v) for v in outputs],
+            name=f"{PROLOGUE}{op}_{counts[op]}",
+            **attrs,
+        )
+
     nodes = [
-        _const("one", np.array(1.0, dtype=np.float32)),
-        _const("axis1", np.array([1], dtype=np.int64)),
+        n("Constant", [], ["one"], value=numpy_helper.from_array(np.array(1.0, np.float32))),
+        n("Constant", [], ["axis1"], value=numpy_helper.from_array(np.array([1], np.int64))),
         n("Unsqueeze", ["t", "axis1"], ["t2"]),
         n("Sub", ["one", "t2"], ["omt"]),
         n("Mul", ["omt", "z_a"], ["wa"]),
@@ -122,14 +176,7 @@ def latent_prep_function(steer: int) -> onnx.FunctionProto:
         n("Add", ["ya", "yb"], ["y"]),
         n("Concat", [z, "y"], ["x"], axis=1),
     ]
-    return helper.make_function(
-        DOMAIN,
-        FUNCTION,
-        [*INPUTS, "directions", "table"],
-        ["x"],
-        nodes,
-        [helper.make_opsetid("", OPSET)],
-    )
+    return nodes
 
 
 def _body_nodes(
@@ -146,13 +193,15 @@ def _body_nodes(
     fc = layers[0]
     shape = numpy_helper.from_array(np.array([-1, ch0, s0, s0], dtype=np.int64), "body.shape0")
     inits.append(shape)
-    nodes = [
-        n(
-            "Gemm",
-            [x, init("body.fc.weight", fc.weight), init("body.fc.bias", fc.bias)],
-            ["h0"],
-            transB=1,
-        ),
+    weight, bias = init("body.fc.weight", fc.weight), init("body.fc.bias", fc.bias)
+    if dtype == np.float16:  # tract rejects a float16 Gemm with a bias (module docstring)
+        nodes = [
+            n("Gemm", [x, weight], ["h0_nobias"], transB=1),
+            n("Add", ["h0_nobias", bias], ["h0"]),
+        ]
+    else:
+        nodes = [n("Gemm", [x, weight, bias], ["h0"], transB=1)]
+    nodes += [
         n("Reshape", ["h0", "body.shape0"], ["h0r"]),
         n("Relu", ["h0r"], ["a0"]),
     ]
@@ -177,14 +226,13 @@ def _body_nodes(
     return nodes, inits
 
 
-def _model(graph: onnx.GraphProto, functions=()) -> onnx.ModelProto:
-    opsets = [helper.make_opsetid("", OPSET)]
-    if functions:
-        opsets.append(helper.make_opsetid(DOMAIN, 1))
+def _model(graph: onnx.GraphProto, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     model = helper.make_model(
-        graph, opset_imports=opsets, functions=list(functions), producer_name="ctrlgan"
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ctrlgan"
     )
     model.ir_version = IR_VERSION
+    if metadata:
+        helper.set_model_props(model, metadata)
     return model
 
 
@@ -192,6 +240,7 @@ def build_generator_graph(
     g: ConditionalGenerator,
     directions: torch.Tensor | None = None,
     fp16: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> onnx.ModelProto:
     """generator.onnx (or, with ``fp16``, generator.fp16.onnx) for an eval-mode generator.
 
@@ -219,25 +268,25 @@ def build_generator_graph(
     ]
     channels, size = config.channels, config.image_size
     output = _value("image", TensorProto.FLOAT, [B, channels, size, size])
-    prep = helper.make_node(
-        FUNCTION, [*INPUTS, "directions", "class_table"], ["latent"], domain=DOMAIN
-    )
+    steer = steer if K else 0
+    prep = latent_prep_nodes(steer)
     dtype = np.float16 if fp16 else np.float32
     body_in, body_out = ("latent16", "image16") if fp16 else ("latent", "image")
     nodes, inits = _body_nodes(fold_body(g), body_in, body_out, g.ch0, g.s0, dtype)
-    nodes = [prep, *nodes]
     if fp16:
-        nodes.insert(1, helper.make_node("Cast", ["latent"], ["latent16"], to=TensorProto.FLOAT16))
+        nodes.insert(0, helper.make_node("Cast", ["latent"], ["latent16"], to=TensorProto.FLOAT16))
         nodes.append(helper.make_node("Cast", ["image16"], ["image"], to=TensorProto.FLOAT))
-    inits += [
-        numpy_helper.from_array(table_d, "directions"),
-        numpy_helper.from_array(table_e, "class_table"),
-    ]
+    nodes = [*prep, *nodes]
+    if steer:  # without a table alpha is [B, 0] and unused
+        inits.append(numpy_helper.from_array(table_d, "directions"))
+    inits.append(numpy_helper.from_array(table_e, "class_table"))
     graph = helper.make_graph(nodes, "ctrlgan_generator", inputs, [output], initializer=inits)
-    return _model(graph, [latent_prep_function(steer if K else 0)])
+    return _model(graph, metadata)
 
 
-def build_body_graph(g: ConditionalGenerator) -> onnx.ModelProto:
+def build_body_graph(
+    g: ConditionalGenerator, metadata: dict[str, str] | None = None
+) -> onnx.ModelProto:
     """generator.body.onnx: latent float32 [B, Z + E] -> image, float32."""
     config = g.config
     latent = _value("latent", TensorProto.FLOAT, [BATCH, config.latent_dim])
@@ -245,7 +294,7 @@ def build_body_graph(g: ConditionalGenerator) -> onnx.ModelProto:
     image = _value("image", TensorProto.FLOAT, [BATCH, config.channels, size, size])
     nodes, inits = _body_nodes(fold_body(g), "latent", "image", g.ch0, g.s0, np.float32)
     graph = helper.make_graph(nodes, "ctrlgan_generator_body", [latent], [image], inits)
-    return _model(graph)
+    return _model(graph, metadata)
 
 
 def signature(model: onnx.ModelProto) -> dict:

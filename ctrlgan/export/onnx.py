@@ -4,8 +4,8 @@
 graph.py), runs the full ONNX checker on each, and writes them into the artifact atomically with
 their sha256 and input/output signatures in the manifest: a failure at any point leaves the
 artifact as it was. ``check(model)`` compares every graph with the torch model (ONNX Runtime on
-the CPU, onnx.reference.ReferenceEvaluator, and a copy with LatentPrep inlined) on random seeds,
-classes, class mixes, steering and interpolation.
+the CPU, and onnx.reference.ReferenceEvaluator for generator.onnx) on random seeds, classes,
+class mixes, steering and interpolation.
 """
 
 from __future__ import annotations
@@ -57,10 +57,12 @@ def build(artifact: Artifact) -> dict[str, onnx.ModelProto]:
     """The three graphs of an artifact, each passing onnx.checker's full check."""
     g = artifact.build_generator()
     table = steering_table(artifact)
+    m = artifact.manifest
+    meta = graph.graph_metadata(m.classes, m.directions, m.z_dim, m.image_shape, m.value_range)
     models = {
-        GENERATOR_ONNX: graph.build_generator_graph(g, table),
-        GENERATOR_FP16_ONNX: graph.build_generator_graph(g, table, fp16=True),
-        BODY_ONNX: graph.build_body_graph(g),
+        GENERATOR_ONNX: graph.build_generator_graph(g, table, metadata=meta),
+        GENERATOR_FP16_ONNX: graph.build_generator_graph(g, table, fp16=True, metadata=meta),
+        BODY_ONNX: graph.build_body_graph(g, metadata=meta),
     }
     for model in models.values():
         onnx.checker.check_model(model, full_check=True)
@@ -99,7 +101,7 @@ def verify_signature(artifact: Artifact, name: str) -> onnx.ModelProto:
 @dataclass(frozen=True)
 class CheckRow:
     file: str
-    runner: str  # onnxruntime | reference | inlined
+    runner: str  # onnxruntime | reference
     batch: int
     max_abs_error: float
     tolerance: float
@@ -157,10 +159,9 @@ def check(
     model: str | os.PathLike, batches=CHECK_BATCHES, reference_batches=None, seed: int = 0
 ) -> list[CheckRow]:
     """Every exported graph against torch: onnxruntime (CPU) and, for generator.onnx, the ONNX
-    reference evaluator and a copy with the function inlined. ``reference_batches`` limits the
+    reference evaluator. ``reference_batches`` limits the
     (slow, pure numpy) reference evaluator; default: the same batches."""
     import onnxruntime as ort
-    from onnx.inliner import inline_local_functions
     from onnx.reference import ReferenceEvaluator
 
     artifact = Artifact.open(model)
@@ -171,11 +172,6 @@ def check(
         name: ort.InferenceSession(m.SerializeToString(), options, ["CPUExecutionProvider"])
         for name, m in models.items()
     }
-    inlined = inline_local_functions(models[GENERATOR_ONNX])
-    onnx.checker.check_model(inlined, full_check=True)
-    sessions["inlined"] = ort.InferenceSession(
-        inlined.SerializeToString(), options, ["CPUExecutionProvider"]
-    )
     evaluator = ReferenceEvaluator(models[GENERATOR_ONNX])
     rng = np.random.default_rng(seed)
     model = (artifact.build_generator(), steering_table(artifact))
@@ -191,7 +187,6 @@ def check(
         outputs.append(
             (BODY_ONNX, "onnxruntime", sessions[BODY_ONNX].run(["image"], {"latent": x})[0])
         )
-        outputs.append((GENERATOR_ONNX, "inlined", sessions["inlined"].run(["image"], feeds)[0]))
         if reference_batches is None or batch in reference_batches:
             outputs.append((GENERATOR_ONNX, "reference", evaluator.run(["image"], feeds)[0]))
         for file, runner, got in outputs:

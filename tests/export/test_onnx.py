@@ -1,5 +1,5 @@
-"""ONNX export: the graphs against torch (onnxruntime, the reference evaluator, the inlined
-function), the artifact bookkeeping, and every way an export can be refused."""
+"""ONNX export: the graphs against torch (onnxruntime, the reference evaluator), their
+portability and metadata, the artifact bookkeeping, and every way an export can be refused."""
 
 import json
 import shutil
@@ -48,7 +48,6 @@ def test_export_writes_verified_graphs_that_match_torch(model):
     assert {(r.file, r.runner) for r in rows} == {
         (export.GENERATOR_ONNX, "onnxruntime"),
         (export.GENERATOR_ONNX, "reference"),
-        (export.GENERATOR_ONNX, "inlined"),
         (export.GENERATOR_FP16_ONNX, "onnxruntime"),
         (export.BODY_ONNX, "onnxruntime"),
     }
@@ -59,13 +58,60 @@ def test_export_writes_verified_graphs_that_match_torch(model):
 
 
 def test_graph_structure(model):
-    m = onnx.load(str(export.export(model).path / export.GENERATOR_ONNX))
-    assert [f.name for f in m.functions] == ["LatentPrep"] and m.functions[0].domain == "ctrlgan"
+    artifact = export.export(model)
+    m = onnx.load(str(artifact.path / export.GENERATOR_ONNX))
     ops = [n.op_type for n in m.graph.node]
-    assert ops[0] == "LatentPrep" and "BatchNormalization" not in ops
+    assert "BatchNormalization" not in ops
     assert ops.count("ConvTranspose") == 2 and ops[-1] == "Tanh"
     assert m.ir_version <= 13  # what onnxruntime 1.31 reads
     assert {i.name for i in m.graph.initializer} >= {"directions", "class_table"}
+    # the prologue: named nodes in one group, ending in the body's input
+    prologue = [n for n in m.graph.node if n.name.startswith("prologue/")]
+    assert [n.op_type for n in m.graph.node[: len(prologue)]] == [n.op_type for n in prologue]
+    assert prologue[-1].op_type == "Concat" and list(prologue[-1].output) == ["latent"]
+    assert {"MatMul", "Gather"} <= {n.op_type for n in prologue}
+
+
+def _portable(m: onnx.ModelProto) -> None:
+    """Standard ops only: no local functions, no custom domain, nothing a runtime must inline."""
+    assert not m.functions
+    assert [o.domain for o in m.opset_import] in ([""], ["ai.onnx"])
+    assert all(n.domain in ("", "ai.onnx") for n in m.graph.node)
+
+
+def test_every_graph_is_portable_and_explains_itself(model):
+    artifact = export.export(model)
+    manifest = artifact.manifest
+    for name in export.ONNX_FILES:
+        m = onnx.load(str(artifact.path / name))
+        _portable(m)
+        meta = {p.key: p.value for p in m.metadata_props}
+        assert json.loads(meta["ctrlgan.classes"]) == manifest.classes
+        assert json.loads(meta["ctrlgan.features"]) == manifest.directions == ["d0", "d1", "d2"]
+        assert int(meta["ctrlgan.z_dim"]) == manifest.z_dim
+        assert json.loads(meta["ctrlgan.image_shape"]) == manifest.image_shape
+        assert json.loads(meta["ctrlgan.value_range"]) == [-1.0, 1.0]
+        assert "Philox-4x32-10" in meta["ctrlgan.noise"] and "0x9E3779B9" in meta["ctrlgan.noise"]
+        # onnxruntime shows it to a user holding only the file
+        path = str(artifact.path / name)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        assert session.get_modelmeta().custom_metadata_map == meta
+    # tract 0.23 rejects a float16 Gemm with a bias: the fp16 graph adds it separately
+    fp16 = onnx.load(str(artifact.path / export.GENERATOR_FP16_ONNX))
+    gemms = [n for n in fp16.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 1 and len(gemms[0].input) == 2
+
+
+def test_bundled_graphs_are_portable():
+    from ctrlgan.artifact import bundled_models
+
+    for name in bundled_models():
+        artifact = Artifact.open(name)
+        for file in export.ONNX_FILES:
+            m = onnx.load(str(artifact.path / file))
+            _portable(m)
+            meta = {p.key: p.value for p in m.metadata_props}
+            assert json.loads(meta["ctrlgan.features"]) == artifact.manifest.directions
 
 
 @pytest.mark.parametrize("embedding", ["onehot", "learned"])
@@ -147,7 +193,7 @@ def _snapshot(path):
 def test_failed_export_leaves_the_artifact_as_it_was(model, monkeypatch):
     before = _snapshot(model)
 
-    def broken(g):
+    def broken(g, metadata=None):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(graph, "build_body_graph", broken)
@@ -192,7 +238,7 @@ def test_cli_export_and_check(model, capsys):
     assert main(["export", str(model), "--check", "--reference-batches", "1"]) == 0
     out = capsys.readouterr().out
     assert "generator.fp16.onnx" in out and "FAIL" not in out
-    assert out.count(" ok") == 13  # 3 batches x 4 runs, plus the reference at batch 1
+    assert out.count(" ok") == 10  # 3 batches x 3 graphs, plus the reference at batch 1
     assert main(["export", str(model), "--check-only", "--reference-batches", "1"]) == 0
 
 

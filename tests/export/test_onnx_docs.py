@@ -167,7 +167,6 @@ def test_example_runs_without_ctrlgan(tmp_path):
     assert np.load(tmp_path / "images.npy").shape == (4, 1, 28, 28)
 
 
-@pytest.mark.xfail(strict=False, reason="metadata being added")
 def test_metadata_matches_manifest(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     meta = run("metadata")
