@@ -116,8 +116,10 @@ class Generator:
         steer: {feature: alpha, or one alpha per image}.
         output: "float32" (NCHW in [-1, 1]), "uint8" (NHWC), "torch" (a float32 tensor) or
         "pil" (a list of PIL images). The same (seed or z row, class, controls) always gives
-        the same image, whatever else shares the batch; ``z=ctrlgan.noise(seeds, g.z_dim)``
-        gives the images of ``seeds``.
+        the same image, whatever else shares the batch: bit for bit on the CPU backends; on the
+        triton backend (CUDA) within one batch-size bucket, and to float16 rounding across
+        buckets (each bucket is its own CUDA graph). ``z=ctrlgan.noise(seeds, g.z_dim)`` gives
+        the images of ``seeds``.
         """
         check_output(output)
         rows = self.prepare(classes, seeds, n=n, seed=seed, steer=steer, truncation=truncation, z=z)
