@@ -11,9 +11,12 @@ when one of them is built, so that sampling on onnxruntime never imports torch.
                  fed the same way, as z_a = z_b with t = 0
     triton       CUDA only: noise (or given rows, read as the kernel's z_a) and prologue in
                  the fused Triton kernel, written straight into a half-precision latent
-                 buffer, then the generator body in fp16, channels_last, replayed from a CUDA
-                 graph captured per batch-size bucket (1, 2, 4, ..., max); calls are
-                 serialised by a lock. fp16 latents overflow beyond |z| = 65504, so
+                 buffer, then the generator body in fp16 (NCHW), replayed from a CUDA graph
+                 per batch-size bucket (1, 2, 4, ... below max_batch, then max_batch), all
+                 captured when the backend is built (logged: count and seconds; graphs.py
+                 weighs start-up time and memory against max_batch). Calls are serialised
+                 by a lock and run on the backend's own CUDA stream, upload to copy-out.
+                 fp16 latents overflow beyond |z| = 65504, so
                  absurd steering (alpha ~ 1e4 and up) gives NaN images here, saturated ones on
                  the host backends.
 
@@ -141,7 +144,8 @@ def create(name: str, artifact: Artifact, device: str, threads: int = 0, max_bat
 
     if name == "torch":
         return torch_backends.TorchBackend(artifact, device)
-    # buckets up to 16k rows: beyond that a graph's activations cost GBs for no gain
+    # buckets up to 16k rows, all captured now: beyond that a graph's activations cost GBs for
+    # no gain, and every bucket's memory is reserved at start-up
     return torch_backends.TritonBackend(artifact, device, min(max_batch, 16384))
 
 

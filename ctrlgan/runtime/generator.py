@@ -310,8 +310,10 @@ def load(
     by path.
 
     backend: "auto", "torch", "onnxruntime" or "triton"; device: None (the backend's
-    choice), "cpu" or "cuda"; max_batch: the most images one call may ask for; threads: CPU
-    threads of the onnxruntime backend (0: all cores; at most the machine's cores).
+    choice), "cpu" or "cuda"; max_batch: the most images one call may ask for (the triton
+    backend captures a CUDA graph per batch-size bucket up to it, capped at 16384 rows, when it
+    loads: a smaller max_batch loads faster and holds less GPU memory); threads: CPU threads of
+    the onnxruntime backend (0: all cores; at most the machine's cores).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise InvalidRequest(

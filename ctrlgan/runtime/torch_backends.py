@@ -70,6 +70,11 @@ class TorchBackend:
 
 
 class TritonBackend:
+    """CUDA: the fused prologue kernel and the CUDA-graph body (graphs.py), every bucket
+    captured here. One call at a time, each wholly on the body's own stream under ``_lock``:
+    upload, prologue into the bucket's static input, replay, copy-out. Calls of a bucket share
+    its static buffers, and a replay may overwrite another bucket's output (one memory pool)."""
+
     name = "triton"
 
     def __init__(self, artifact: Artifact, device: str, max_batch: int):
@@ -84,38 +89,44 @@ class TritonBackend:
         self.table = self.net.class_table().detach().float().contiguous()
         self.onehot = artifact.manifest.embedding == "onehot"
         self.directions = _directions(artifact, device)
-        self.body = CudaGraphBody(self.net, max_batch, device)
+        self.body = CudaGraphBody(self.net, max_batch, device)  # captures every bucket
+        self.stream = self.body.stream
+        # the table and directions were uploaded on the default stream; calls read them on
+        # self.stream (CudaGraphBody synchronised the device after its captures; this says so)
+        self.stream.wait_stream(torch.cuda.current_stream(device))
         self.chunk = max_batch  # the largest bucket: one graph replay per call
-        # One call at a time: calls of a bucket share its static buffers, and a capture must
-        # not see other CUDA work.
         self._lock = threading.Lock()
 
     def __call__(self, rows: Rows) -> np.ndarray:
         from ctrlgan.kernels import latent
 
         n = len(rows)
-        dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
-        kw = {"class_a": dev(rows.class_a), "class_b": dev(rows.class_b), "s": dev(rows.s)}
-        if rows.z is not None:  # given noise rows replace the kernel's seeds
-            kw["z_a"] = dev(rows.z)
-        else:
-            kw |= {"seed_a": dev(rows.seeds.view(np.int64)), "z_dim": self.z_dim}
-        if rows.truncation is not None:
-            kw["truncation"] = rows.truncation
-        if rows.t is not None:
-            kw |= {
-                "seed_b": dev(rows.seeds_b.view(np.int64)),
-                "t": dev(rows.t),
-                "method": rows.method,
-            }
-        if self.directions is not None:
-            kw |= {"alpha": dev(rows.alpha), "directions": self.directions}
         embed = {"n_classes": self.table.shape[0]} if self.onehot else {"table": self.table}
-        with self._lock:
+        with self._lock, torch.cuda.stream(self.stream):
+            # Everything below is ordered on self.stream: uploads (from pageable memory CUDA
+            # stages the array before .to returns), the kernel, the replay and copy-out.
+            dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(
+                self.device, non_blocking=True
+            )
+            kw = {"class_a": dev(rows.class_a), "class_b": dev(rows.class_b), "s": dev(rows.s)}
+            if rows.z is not None:  # given noise rows replace the kernel's seeds
+                kw["z_a"] = dev(rows.z)
+            else:
+                kw |= {"seed_a": dev(rows.seeds.view(np.int64)), "z_dim": self.z_dim}
+            if rows.truncation is not None:
+                kw["truncation"] = rows.truncation
+            if rows.t is not None:
+                kw |= {
+                    "seed_b": dev(rows.seeds_b.view(np.int64)),
+                    "t": dev(rows.t),
+                    "method": rows.method,
+                }
+            if self.directions is not None:
+                kw |= {"alpha": dev(rows.alpha), "directions": self.directions}
             latent_buf = self.body.latent_buffer(n)
             latent.latent_prologue(out=latent_buf, out_dtype=latent_buf.dtype, **kw, **embed)
-            image = self.body.run(n).float()  # a copy: the next replay overwrites the output
-        return np.ascontiguousarray(image.cpu().numpy())  # NCHW order (the body is NHWC)
+            image = self.body.run(n)  # a view of the static output: copied out before unlocking
+            return image.float().cpu().numpy()  # NCHW, contiguous; .cpu() waits for the stream
 
 
 def _directions(artifact: Artifact, device: torch.device) -> torch.Tensor | None:
