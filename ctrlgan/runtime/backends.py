@@ -12,13 +12,13 @@ when one of them is built, so that sampling on onnxruntime never imports torch.
     triton       CUDA only: noise (or given rows, read as the kernel's z_a) and prologue in
                  the fused Triton kernel, written straight into a half-precision latent
                  buffer, then the generator body in fp16 (NCHW), replayed from a CUDA graph
-                 per batch-size bucket (1, 2, 4, ... below max_batch, then max_batch), all
-                 captured when the backend is built (logged: count and seconds; graphs.py
-                 weighs start-up time and memory against max_batch). Calls are serialised
-                 by a lock and run on the backend's own CUDA stream, upload to copy-out.
-                 fp16 latents overflow beyond |z| = 65504, so
-                 absurd steering (alpha ~ 1e4 and up) gives NaN images here, saturated ones on
-                 the host backends.
+                 per batch-size bucket (1, 2, 4, ... below max_batch, then max_batch;
+                 max_batch capped at 16384 here), all captured when the backend is built
+                 (logged: count and seconds; graphs.py weighs start-up time and memory
+                 against max_batch). Calls are serialised by a lock and run on the
+                 backend's own CUDA stream, upload to copy-out. fp16 latents overflow beyond
+                 |z| = 65504, so absurd steering (alpha ~ 1e4 and up) gives NaN images here,
+                 saturated ones on the host backends.
 
 Batch invariance. A row's image must not depend on which rows share its call. Noise and the
 prologue are row-wise by construction. onnxruntime's CPU kernels gave bit-identical rows for

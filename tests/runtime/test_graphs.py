@@ -4,6 +4,7 @@ to serial ones, images equal to onnxruntime's to float16 rounding."""
 
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -129,12 +130,11 @@ def test_construction_while_another_thread_allocates(model, onnx_cpu):
     errors = []
 
     def allocate():
+        keep = []  # never freed: every few 4 MiB tensors the allocator calls cudaMalloc
         try:
-            mib, keep = 1, []
-            while not stop.is_set():
-                keep.append(torch.ones(mib << 18, device="cuda"))  # fresh sizes: cudaMalloc
-                keep = keep[-4:]
-                mib = mib % 64 + 1
+            while not stop.is_set() and len(keep) < 2000:  # at most 8 GiB
+                keep.append(torch.ones(1 << 20, device="cuda"))
+                time.sleep(0.001)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
