@@ -108,6 +108,16 @@ class CudaGraphBody:
         try:
             for bucket in reversed(self.buckets):  # largest first: the rest reuse its memory
                 self._graphs[bucket] = self._capture(bucket)
+        except Exception as e:
+            # out of memory in a warm-up, or inside a capture (then capture_end raises too,
+            # with the OOM as its context): the model does not fit at this max_batch
+            oom = torch.cuda.OutOfMemoryError
+            if isinstance(e, oom) or isinstance(e.__context__, oom):
+                raise BackendUnavailable(
+                    f"triton: GPU memory ran out capturing the {bucket}-row CUDA graph; "
+                    f"load with a smaller max_batch (now {max_batch})"
+                ) from e
+            raise
         finally:
             torch.backends.cudnn.deterministic = deterministic
         torch.cuda.synchronize(self.device)
