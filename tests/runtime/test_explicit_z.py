@@ -253,6 +253,7 @@ def _triton_on_cpu(g):
     be.onehot = g.artifact.manifest.embedding == "onehot"
     be.directions = torch_backends._directions(g.artifact, be.device)
     be.body, be.chunk, be._lock = _EagerBody(be.net), 64, threading.Lock()
+    be.stream = None  # torch.cuda.stream(None) is a no-op: the CPU stand-in has no stream
     return be
 
 
