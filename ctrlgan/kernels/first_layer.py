@@ -20,10 +20,19 @@ import triton
 import triton.language as tl
 
 from ctrlgan.kernels import reference
-from ctrlgan.kernels.latent import INTERPRETER_BLOCK_B, _check, _z_tile, prepare, use_triton
+from ctrlgan.kernels.latent import (
+    _KEY,
+    INTERPRETER_BLOCK_B,
+    MAX_ELEMS_PER_THREAD,
+    _check,
+    _z_tile,
+    batch_bucket,
+    prepare,
+    use_triton,
+)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B_BUCKET"])
 def _first_layer_kernel(
     h_ptr,
     seed_a_ptr,
@@ -43,6 +52,7 @@ def _first_layer_kernel(
     Z,
     H,
     K,
+    B_BUCKET,  # unused in the body: an autotune key (latent.batch_bucket(B))
     tau,
     FROM_SEEDS: tl.constexpr,
     TRUNCATE: tl.constexpr,
@@ -113,9 +123,28 @@ _CONFIGS = [
     for bh in (32, 64, 128)
     for w in (4, 8)
 ]
-_first_layer_kernel_tuned = triton.autotune(configs=_CONFIGS, key=["Z", "H", "K"])(
-    _first_layer_kernel
-)
+
+
+def keep_config(config: dict, block_z: int) -> bool:
+    """At most MAX_ELEMS_PER_THREAD values per thread in the z tile [BLOCK_B, BLOCK_Z] and in
+    the weight tile [BLOCK_Z, BLOCK_H] (see latent.keep_config)."""
+    per_thread = MAX_ELEMS_PER_THREAD * 32 * config["num_warps"]
+    return max(config["BLOCK_B"], config["BLOCK_H"]) * block_z <= per_thread
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """Autotuner early_config_prune: the kept configs, or the one with the smallest tiles."""
+    as_dict = lambda c: {**c.kwargs, "num_warps": c.num_warps}
+    kept = [c for c in configs if keep_config(as_dict(c), kwargs["BLOCK_Z"])]
+    size = lambda c: max(c.kwargs["BLOCK_B"], c.kwargs["BLOCK_H"]) / c.num_warps
+    return kept or [min(configs, key=size)]
+
+
+_first_layer_kernel_tuned = triton.autotune(
+    configs=_CONFIGS,
+    key=["H" if k == "E" else k for k in _KEY] + ["HAS_BIAS"],
+    prune_configs_by={"early_config_prune": prune_configs},
+)(_first_layer_kernel)
 INTERPRETER_BLOCK_H = 64
 
 
@@ -199,6 +228,7 @@ def first_layer(
         args.z_dim,
         hidden,
         args.flags["K"],
+        batch_bucket(args.batch),
         args.tau,
     )
     meta = {name: v for name, v in args.flags.items() if name != "K"}

@@ -81,7 +81,9 @@ def _noise_tile(
     offsets = tl.broadcast_to(cols[None, :], (BLOCK_B, BLOCK_Z))
     z = tl.randn(seeds, offsets)
     if TRUNCATE:
-        for r in tl.static_range(1, REDRAWS):
+        # A rolled loop: unrolled, each redraw inlines another Philox tile, and the kernel
+        # spills registers and takes minutes to compile (benchmarks/compile_kernels.py).
+        for r in tl.range(1, REDRAWS, loop_unroll_factor=1):
             z = tl.where(tl.abs(z) > tau, tl.randn(seeds, offsets + r * Z), z)
         z = tl.minimum(tl.maximum(z, -tau), tau)
     return z
@@ -154,7 +156,9 @@ def _z_tile(
             n_t = (1 - t) * na + t * nb
             ca = tl.sin((1 - t) * omega) / safe_sin * (n_t / tl.where(na > 0, na, 1.0))
             cb = tl.sin(t * omega) / safe_sin * (n_t / tl.where(nb > 0, nb, 1.0))
-            z = tl.where(degenerate, linear, ca * z + cb * zb)
+            slerped = tl.where(degenerate, linear, ca * z + cb * zb)
+            # Exact endpoints, also where compiled division and sqrt are approximate.
+            z = tl.where(t == 0.0, z, tl.where(t == 1.0, zb, slerped))
         else:
             z = linear
     if STEER == 1:
@@ -175,7 +179,7 @@ def _z_tile(
 # The prologue kernel -------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B_BUCKET"])
 def _latent_kernel(
     out_ptr,
     seed_a_ptr,
@@ -193,6 +197,7 @@ def _latent_kernel(
     Z,
     E,
     K,
+    B_BUCKET,  # unused in the body: an autotune key (batch_bucket(B))
     tau,
     FROM_SEEDS: tl.constexpr,
     TRUNCATE: tl.constexpr,
@@ -265,10 +270,42 @@ def _latent_kernel(
         )
 
 
+# Autotuning. Every config is compiled on the first call of each key, one after the other: a
+# config whose tile holds too many values per thread spills registers and compiles for tens of
+# seconds (the noise tile with truncation and slerp; benchmarks/compile_kernels.py measures it),
+# so configs above MAX_ELEMS_PER_THREAD of the BLOCK_B x BLOCK_Z tile are pruned before that.
+MAX_ELEMS_PER_THREAD = 8
+BATCH_BUCKET_CAP = 1 << 16
 _CONFIGS = [
     triton.Config({"BLOCK_B": bb}, num_warps=w) for bb in (8, 16, 32, 64) for w in (2, 4, 8)
 ]
-_latent_kernel_tuned = triton.autotune(configs=_CONFIGS, key=["Z", "E", "K"])(_latent_kernel)
+# The key: shapes, the variant flags (what the tile computes) and a batch-size bucket, so that
+# a config tuned at B = 1 does not serve B = 256k. Pointer dtypes are added by the autotuner.
+_KEY = ["Z", "E", "K", "B_BUCKET", "FROM_SEEDS", "TRUNCATE", "INTERP", "STEER", "MIX"]
+
+
+def batch_bucket(batch: int) -> int:
+    """The autotune key's batch size: the next power of two, capped at BATCH_BUCKET_CAP."""
+    return min(triton.next_power_of_2(batch), BATCH_BUCKET_CAP)
+
+
+def keep_config(config: dict, block_z: int) -> bool:
+    """Whether a config's BLOCK_B x BLOCK_Z tile has at most MAX_ELEMS_PER_THREAD per thread."""
+    return config["BLOCK_B"] * block_z <= MAX_ELEMS_PER_THREAD * 32 * config["num_warps"]
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """Autotuner early_config_prune: the kept configs, or the one with the smallest tile/thread."""
+    as_dict = lambda c: {**c.kwargs, "num_warps": c.num_warps}
+    kept = [c for c in configs if keep_config(as_dict(c), kwargs["BLOCK_Z"])]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_B"] / c.num_warps)]
+
+
+_latent_kernel_tuned = triton.autotune(
+    configs=_CONFIGS,
+    key=[*_KEY, "LEARNED"],
+    prune_configs_by={"early_config_prune": prune_configs},
+)(_latent_kernel)
 
 
 # Launchers -----------------------------------------------------------------------------------
@@ -479,6 +516,7 @@ def latent_prologue(
         args.z_dim,
         width,
         args.flags["K"],
+        batch_bucket(args.batch),
         args.tau,
     )
     meta = {name: v for name, v in args.flags.items() if name != "K"}

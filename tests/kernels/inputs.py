@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
 def devices() -> list[str]:
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    """Where the Triton kernels themselves run: the CPU in Triton's interpreter (conftest sets
+    TRITON_INTERPRET=1 on machines without CUDA) and CUDA, compiled. On a CUDA machine CPU
+    tensors take the torch reference, which a test must not compare with itself."""
+    from ctrlgan.kernels import latent
+
+    return (["cpu"] if latent.INTERPRET else []) + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def device_params() -> list:
+    """devices() for pytest.mark.parametrize; the CUDA case carries the `gpu` marker."""
+    return [pytest.param(d, marks=pytest.mark.gpu) if d == "cuda" else d for d in devices()]
+
+
+def to_device(kw: dict, device: str) -> dict:
+    """The same keyword arguments with every tensor on ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+
+
+def to_cpu(kw: dict) -> dict:
+    """The same keyword arguments with every tensor on the CPU (for the torch reference)."""
+    return to_device(kw, "cpu")
 
 
 def make_inputs(

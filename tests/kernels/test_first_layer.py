@@ -7,12 +7,13 @@ from ctrlgan.kernels import first_layer as fl
 from ctrlgan.kernels import latent
 from ctrlgan.kernels import reference as ref
 from ctrlgan.network import ConditionalGenerator, GeneratorConfig
-from tests.kernels.inputs import make_inputs, row_relative_error
+from tests.kernels.inputs import device_params, make_inputs, row_relative_error, to_cpu
 
 pytestmark = pytest.mark.skipif(
     not latent.INTERPRET and not torch.cuda.is_available(),
     reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py) or CUDA",
 )
+DEVICES = device_params()
 
 CASES = [
     # B,  Z,   K, C,    H,   embedding, method,  trunc, per_class, bias
@@ -35,17 +36,19 @@ def _weights(Z, C, H, embedding, bias, E=7, device="cpu"):
     return weight, table, to(wz_t), to(columns), to(b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B, Z, K, C, H, embedding, method, truncation, per_class, bias", CASES)
 def test_first_layer_matches_reference(
-    B, Z, K, C, H, embedding, method, truncation, per_class, bias
+    B, Z, K, C, H, embedding, method, truncation, per_class, bias, device
 ):
-    kw = make_inputs(B, Z, K, C, embedding, method, truncation, per_class)
+    kw = make_inputs(B, Z, K, C, embedding, method, truncation, per_class, device=device)
     kw.pop("n_classes", None)
     table = kw.pop("table", None)
-    weight, table, wz_t, columns, b = _weights(Z, C, H, embedding, bias)
-    out = torch.full((B, H), float("nan"))  # poisoned: every element must be written
+    weight, table, wz_t, columns, b = _weights(Z, C, H, embedding, bias, device=device)
+    out = torch.full((B, H), float("nan"), device=device)  # poisoned: all must be written
     got = fl.first_layer(wz_t=wz_t, columns=columns, bias=b, out=out, **kw)
     assert got is out and torch.isfinite(got).all()
+    got, kw, columns, b = got.cpu(), to_cpu(kw), columns.cpu(), None if b is None else b.cpu()
     want = ref.first_layer(w_z=weight[:, :Z], columns=columns, bias=b, **kw)
     assert row_relative_error(got, want) <= 1e-5
     # ... and the unfused definition: the prologue's concat through the whole weight
@@ -79,19 +82,20 @@ def test_first_layer_matches_the_generator(embedding):
     assert row_relative_error(h, want) <= 1e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("row", [0, 41, 69])
-def test_rows_are_batch_invariant(row):
+def test_rows_are_batch_invariant(row, device):
     """A row's result does not depend on the other rows. Within rounding only: the interpreter's
     tl.dot is a numpy matmul whose BLAS kernel rounds a row by its position in the tile (the
     prologue before it is bit-invariant, see test_latent)."""
-    kw = make_inputs(70, 24, 3, 10, "soft", "lerp", 1.0, True)
+    kw = make_inputs(70, 24, 3, 10, "soft", "lerp", 1.0, True, device=device)
     kw.pop("n_classes")
-    _, _, wz_t, columns, b = _weights(24, 10, 40, "soft", True)
+    _, _, wz_t, columns, b = _weights(24, 10, 40, "soft", True, device=device)
     full = fl.first_layer(wz_t=wz_t, columns=columns, bias=b, **kw)
     one = {k: v[[row]] if isinstance(v, torch.Tensor) and v.shape[:1] == (70,) else v
            for k, v in kw.items()}  # fmt: skip
     single = fl.first_layer(wz_t=wz_t, columns=columns, bias=b, **one)
-    assert row_relative_error(single, full[[row]]) <= 1e-6
+    assert row_relative_error(single.cpu(), full[[row]].cpu()) <= 1e-6
 
 
 def test_cpu_without_interpreter_uses_the_reference(monkeypatch):
@@ -142,20 +146,3 @@ def test_launcher_rejects_bad_arguments(change, error, words):
     change(kw)
     with pytest.raises(error, match=words):
         fl.first_layer(**kw)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("B, Z, K, C, H, embedding, method, truncation, per_class, bias", CASES)
-def test_compiled_first_layer_matches_reference(
-    B, Z, K, C, H, embedding, method, truncation, per_class, bias
-):
-    kw = make_inputs(B, Z, K, C, embedding, method, truncation, per_class, device="cuda")
-    kw.pop("n_classes", None)
-    kw.pop("table", None)
-    weight, _, wz_t, columns, b = _weights(Z, C, H, embedding, bias, device="cuda")
-    got = fl.first_layer(wz_t=wz_t, columns=columns, bias=b, **kw)
-    cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    want = ref.first_layer(
-        w_z=weight[:, :Z], columns=columns.cpu(), bias=None if b is None else b.cpu(), **cpu
-    )
-    assert row_relative_error(got.cpu(), want) <= 1e-5

@@ -1,10 +1,12 @@
-"""The noise reference against Triton's own tl.randn (interpreter mode on the CPU)."""
+"""The noise reference against Triton's own tl.randn, on every device where a Triton kernel runs
+(the interpreter on the CPU, compiled on CUDA)."""
 
 import numpy as np
 import pytest
 import torch
 
 from ctrlgan.kernels import reference as ref
+from tests.kernels.inputs import device_params
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -24,22 +26,24 @@ def _triton_noise(seed_ptr, out_ptr, bits_ptr, B, Z, BLOCK_B: tl.constexpr, BLOC
     tl.store(bits_ptr + rows[:, None] * Z + cols[None, :], bits.to(tl.int64), mask=mask)
 
 
-def _run_triton(seeds: torch.Tensor, z_dim: int):
+def _run_triton(seeds: torch.Tensor, z_dim: int, device: str):
     b = len(seeds)
-    out = torch.full((b, z_dim), float("nan"))  # poisoned: every element must be written
-    bits = torch.full((b, z_dim), -1, dtype=torch.int64)
+    seeds = seeds.to(device)
+    out = torch.full((b, z_dim), float("nan"), device=device)  # poisoned: all must be written
+    bits = torch.full((b, z_dim), -1, dtype=torch.int64, device=device)
     block_z = triton.next_power_of_2(z_dim)
     _triton_noise[(triton.cdiv(b, 8),)](seeds, out, bits, b, z_dim, BLOCK_B=8, BLOCK_Z=block_z)
-    return out, bits & 0xFFFFFFFF
+    return out.cpu(), bits.cpu() & 0xFFFFFFFF
 
 
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("z_dim", [8, 100])
-def test_philox_matches_triton(z_dim):
+def test_philox_matches_triton(z_dim, device):
     rng = np.random.default_rng()
     seeds = [0, 1, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
     seeds += [int(s) for s in rng.integers(0, 2**63, size=5, dtype=np.int64)]
     st = ref.seeds_to_int64(seeds)
-    triton_z, triton_bits = _run_triton(st, z_dim)
+    triton_z, triton_bits = _run_triton(st, z_dim, device)
     bits, _, _, _ = ref.philox(st.reshape(-1, 1), torch.arange(z_dim).reshape(1, -1))
     assert torch.equal(bits, triton_bits)  # uint32 stage: bit-exact
     torch.testing.assert_close(ref.noise(st, z_dim), triton_z, rtol=0, atol=1e-6)
