@@ -50,7 +50,7 @@ def _acos(x):
     p = p * ax + 0.0889789874
     p = p * ax - 0.2145988016
     p = p * ax + 1.5707963050
-    r = tl.sqrt(1.0 - ax) * p
+    r = tl.sqrt_rn(1.0 - ax) * p
     return tl.where(x < 0, 3.141592653589793 - r, r)
 
 
@@ -140,12 +140,13 @@ def _z_tile(
             # Slerp of directions, lerp of norms; lerp where the angle is degenerate.
             # The angle from the chords |a^ - b^| = 2 sin(w/2) and |a^ + b^| = 2 cos(w/2), the
             # smaller one through asin: accurate at both ends, where acos(cos) is not.
-            na = tl.sqrt(tl.sum(z * z, axis=1))[:, None]
-            nb = tl.sqrt(tl.sum(zb * zb, axis=1))[:, None]
+            # Row norms by IEEE sqrt (tl.sqrt compiles to sqrt.approx): a few per row, cheap.
+            na = tl.sqrt_rn(tl.sum(z * z, axis=1))[:, None]
+            nb = tl.sqrt_rn(tl.sum(zb * zb, axis=1))[:, None]
             ua = z / tl.where(na > 0, na, 1.0)
             ub = zb / tl.where(nb > 0, nb, 1.0)
-            dm = tl.sqrt(tl.sum((ua - ub) * (ua - ub), axis=1))[:, None]
-            dp = tl.sqrt(tl.sum((ua + ub) * (ua + ub), axis=1))[:, None]
+            dm = tl.sqrt_rn(tl.sum((ua - ub) * (ua - ub), axis=1))[:, None]
+            dp = tl.sqrt_rn(tl.sum((ua + ub) * (ua + ub), axis=1))[:, None]
             omega = tl.where(
                 dm <= dp,
                 2.0 * _asin(tl.minimum(0.5 * dm, 1.0)),
