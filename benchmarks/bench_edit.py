@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -296,27 +294,13 @@ def main(argv=None) -> int:
     if args.no_save or not results:
         return 0
     import ctrlgan
-    from ctrlgan.runtime.bench import save_json
+    from ctrlgan.runtime.bench import environment, save_json
 
     today = datetime.date.today().isoformat()
     out = args.out or RESULTS / f"edit-cpu-{today}.json"
-    save_json(
-        out,
-        {
-            "device": f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "versions": {
-                "python": platform.python_version(),
-                "ctrlgan": ctrlgan.__version__,
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-            },
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python", "benchmarks/bench_edit.py", *sys.argv[1:]]),
-            "threads": torch.get_num_threads(),
-            "notes": notes,
-            "models": results,
-        },
-    )
+    env = environment(" ".join(["python", "benchmarks/bench_edit.py", *sys.argv[1:]]))
+    env["versions"]["ctrlgan"] = ctrlgan.__version__
+    save_json(out, {**env, "notes": notes, "models": results})
     print(f"wrote {out}")
     return 0
 

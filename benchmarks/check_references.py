@@ -31,10 +31,8 @@ the few labelled samples):
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -308,20 +306,16 @@ def main(argv=None) -> int:
     import sklearn
 
     import ctrlgan
+    from ctrlgan.runtime.bench import environment
 
     models = [m for m in ("digits", "mnist") if m in bundled_models()]
+    env = environment(
+        " ".join(["python", "benchmarks/check_references.py", *(argv or sys.argv[1:])])
+    )
+    env["versions"] |= {"ctrlgan": ctrlgan.__version__, "scikit-learn": sklearn.__version__}
     report = {
         "benchmark": "references",
-        "device": f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "versions": {
-            "python": platform.python_version(),
-            "ctrlgan": ctrlgan.__version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__,
-        },
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "benchmarks/check_references.py", *(argv or sys.argv[1:])]),
+        **env,
         "references": {"interfacegan": INTERFACEGAN, "sefa": SEFA},
         "samples": SAMPLES,
         "seed": SEED,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -111,6 +110,7 @@ def predict(net: Judge, x: torch.Tensor) -> np.ndarray:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import ctrlgan
+    from ctrlgan.runtime.bench import environment
     from ctrlgan.training import metrics
     from ctrlgan.training.data import load_dataset
 
@@ -165,16 +165,8 @@ def main(argv=None) -> dict:
             k: g.artifact.manifest.provenance.get(k)
             for k in ("dataset", "command", "steps", "train_seconds", "threads", "date")
         },
-        "device": f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "ctrlgan": ctrlgan.__version__,
-            "numpy": np.__version__,
-        },
+        **environment("python benchmarks/eval_mnist.py " + " ".join(argv or sys.argv[1:])),
         "commit": _commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/eval_mnist.py " + " ".join(argv or sys.argv[1:]),
         "settings": {
             "per_class": n,
             "seed_base": SEED_BASE,
@@ -188,6 +180,7 @@ def main(argv=None) -> dict:
         "per_class": per_class,
         "wall_s": round(time.perf_counter() - started, 1),
     }
+    result["versions"]["ctrlgan"] = ctrlgan.__version__
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         day = datetime.date.today().isoformat()

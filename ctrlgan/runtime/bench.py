@@ -201,7 +201,9 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def environment() -> dict:
+def environment(command: str | None = None) -> dict:
+    """Where and when a benchmark ran: device, library versions, torch threads, date and the
+    command (default: this `ctrlgan` invocation; scripts pass their own)."""
     import onnxruntime
 
     device = (
@@ -219,7 +221,7 @@ def environment() -> dict:
         },
         "torch_threads": torch.get_num_threads(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["ctrlgan", *sys.argv[1:]]),
+        "command": command if command is not None else " ".join(["ctrlgan", *sys.argv[1:]]),
     }
 
 

@@ -17,19 +17,6 @@ CPU_BACKENDS = ["torch", "onnxruntime"]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_model):
-    """The tiny model with two steering directions, exported to ONNX."""
-    path = tmp_path_factory.mktemp("backends") / "model"
-    shutil.copytree(tiny_model.artifact.path, path)
-    manifest = Artifact.open(path).manifest
-    manifest.directions = ["up", "left"]
-    torch.manual_seed(3)
-    write_artifact(path, manifest, tensors={DIRECTIONS: {"directions": torch.randn(2, 12)}})
-    export.export(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def gens(model):
     return {b: ctrlgan.load(model, backend=b) for b in CPU_BACKENDS}
 

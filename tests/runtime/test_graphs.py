@@ -2,7 +2,6 @@
 (here), and on a GPU: every bucket captured at construction, none later, concurrent calls equal
 to serial ones, images equal to onnxruntime's to float16 rounding."""
 
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,9 +11,7 @@ import pytest
 import torch
 
 import ctrlgan
-from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
 from ctrlgan.errors import BackendUnavailable
-from ctrlgan.export import onnx as export
 from ctrlgan.runtime.graphs import CudaGraphBody, bucket_for, capture_plan
 
 
@@ -62,19 +59,6 @@ def test_without_cuda_the_body_and_the_backend_are_unavailable(tiny_model):
         TritonBackend(tiny_model.artifact, "cuda", 8)
     with pytest.raises(BackendUnavailable, match="CUDA"):
         TritonBackend(tiny_model.artifact, "cpu", 8)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_model):
-    """The tiny model with two steering directions, exported to ONNX."""
-    path = tmp_path_factory.mktemp("graphs") / "model"
-    shutil.copytree(tiny_model.artifact.path, path)
-    manifest = Artifact.open(path).manifest
-    manifest.directions = ["up", "left"]
-    torch.manual_seed(3)
-    write_artifact(path, manifest, tensors={DIRECTIONS: {"directions": torch.randn(2, 12)}})
-    export.export(path)
-    return path
 
 
 def _request(rng, n):
