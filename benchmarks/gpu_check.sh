@@ -52,9 +52,9 @@ cd "$REPO"
 
 # Seconds per part (sum 470 s, under the 8-minute budget with start-up and kill grace).
 T_ENV=20
-T_PYTEST=120
-T_KERNELS=110
-T_BENCH=220
+T_PYTEST=140
+T_KERNELS=100
+T_BENCH=210
 
 declare -a NAMES=() STATES=() SECONDS_USED=()
 
@@ -123,11 +123,13 @@ has_module() {
 }
 
 # The gpu tests: only the files that hold them are given to pytest (collecting the others would
-# import what they need, e.g. the server's test clients, which this machine may lack). A file
+# import what they need, e.g. the server's test clients, which this machine may lack): those
+# with a `mark.gpu`, and the kernel tests, whose CUDA case gets its mark from
+# tests/kernels/inputs.device_params(). A file
 # that imports at module level (it or a conftest.py above it) a module not installed here, e.g.
 # hypothesis, is left out, and the log says so.
 gpu_tests_plan() {
-    grep -rlE 'mark\.gpu' tests --include='*.py' | sort | "$PY" -c '
+    grep -rlE 'mark\.gpu|device_params\(' tests --include='test_*.py' | sort | "$PY" -c '
 import ast, importlib.util, sys
 from pathlib import Path
 
@@ -162,7 +164,14 @@ fi
 log "gpu_check: $(date -u +%FT%TZ) repo $REPO ($(git rev-parse --short HEAD 2>/dev/null ||
     echo 'not a git checkout')), python $("$PY" -V 2>&1), OUTDIR $OUT"
 
-pytest_args=(-m gpu -q -p no:cacheprovider)
+pytest_args=(-m gpu -q -p no:cacheprovider --durations=10)
+# Every kernel variant's first launch compiles each kept autotune config (seconds each, on one
+# CPU core): with pytest-xdist the test files' compiles run side by side on the machine's cores.
+if [[ -n "$(command -v nproc)" ]] && "$PY" -c "import xdist" >/dev/null 2>&1; then
+    workers=$(($(nproc) / 2))
+    ((workers > 8)) && workers=8
+    ((workers >= 2)) && pytest_args+=(-n "$workers")
+fi
 n_gpu_files=0
 while read -r verdict file module; do
     if [[ $verdict == run ]]; then
