@@ -156,7 +156,7 @@ class App:
 
     async def http(self, scope, receive, send) -> None:
         start = time.perf_counter()
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"], routed_path(scope)
         headers = dict(scope["headers"])  # lower-case names (ASGI)
         model, endpoint, status = "", "other", 500
         try:
@@ -442,6 +442,16 @@ def allow(method: str, allowed: str, route):
     error = ProtocolError(405, f"method {method[:10]} not allowed here; use {allowed}")
     error.allow = allowed
     raise error
+
+
+def routed_path(scope) -> str:
+    """The request's path below the app's mount point: ASGI servers that mount an app under a
+    prefix (Ray Serve's route_prefix, a root_path) keep the prefix in both "root_path" and
+    "path"."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
 
 
 def client(scope) -> str:
