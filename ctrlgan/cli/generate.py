@@ -6,7 +6,7 @@ import argparse
 
 from ctrlgan.cli import options
 
-FORMATS = ("npz", "png")  # runtime/jobs.py's, here without importing it for --help
+FORMATS = ("npz", "png", "parquet", "webdataset")  # runtime/shards.py's, without importing it
 
 
 def add_parsers(sub) -> None:
@@ -16,11 +16,13 @@ def add_parsers(sub) -> None:
         help="write many seeded images to a directory as shards (resumable)",
         description="A batch job: PER_CLASS images of each class in shards of SHARD_SIZE "
         "(npz: images uint8 NHWC, labels, seeds; png: one folder of PNGs and labels.csv per "
-        "shard) plus OUT/job.json. Image i of the class at position p in --classes gets seed "
+        "shard; parquet: one row per image with its PNG; webdataset: tar shards) plus "
+        "OUT/job.json. Image i of the class at position p in --classes gets seed "
         "SEED + p * PER_CLASS + i. Rerun the same command to continue an interrupted job; the "
         "result is byte-identical to an uninterrupted run. Limits (checked before anything is "
         "written): 10^9 images, 100,000 shards, 1 GiB of images per shard, and the job must "
-        "fit in the free disk space.",
+        "fit in the free disk space. --ray runs the same job on Ray Data (pip install "
+        "'ctrlgan[ray]'), with byte-identical output.",
     )
     options.add_model(j)
     j.add_argument("--classes", default="all", help="classes: all, 3, 0-9, 1,4,7 or class names")
@@ -35,16 +37,41 @@ def add_parsers(sub) -> None:
         "--batch-size", type=int, default=1024, help="images per backend call (output unchanged)"
     )
     options.add_backend(j)
+    j.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray Data: a new local Ray without ADDRESS, else join the cluster at "
+        "ADDRESS (host:port, auto or ray://...); needs ctrlgan[ray]",
+    )
+    j.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="with --ray: generator actors (default: one per GPU, else one per node)",
+    )
     j.add_argument("--quiet", action="store_true", help="no progress bar")
     j.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import ctrlgan
+    from ctrlgan.errors import InvalidRequest
     from ctrlgan.runtime.jobs import JobSpec, run_job
 
+    if args.actors is not None and args.ray is None:
+        raise InvalidRequest("--actors", "applies to --ray jobs only")
+    if args.ray is not None:
+        from ctrlgan.integrations import ray as ray_jobs
+
+        ray_jobs.require_ray()  # before the model loads: a missing extra is one line, at once
     steer = options.steer(args.steer)
-    g = ctrlgan.load(args.model, backend=args.backend)
+    if args.ray is None:
+        g = ctrlgan.load(args.model, backend=args.backend)
+    else:
+        g, backend = ray_jobs.load(args.model, args.backend)
     spec = JobSpec(
         classes=options.class_spec(args.classes, g.classes, field="classes"),
         per_class=args.per_class,
@@ -55,7 +82,18 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         batch_size=args.batch_size,
     )
-    r = run_job(g, spec, args.out, progress=not args.quiet)
+    if args.ray is None:
+        r = run_job(g, spec, args.out, progress=not args.quiet)
+    else:
+        r = ray_jobs.generate(
+            g,
+            spec,
+            args.out,
+            backend=backend,
+            address=args.ray,
+            actors=args.actors,
+            progress=not args.quiet,
+        )
     done = f"{r.total_images} images in {r.n_shards} shard(s)"
     if r.repaired:
         print(

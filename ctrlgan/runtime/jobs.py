@@ -9,24 +9,22 @@ class. Image j of the job is image i = j % N of the class at position p = j // N
 
 so the images are fully determined by the job's arguments (and the model and backend).
 
-Shards. Images [k*S, (k+1)*S) form shard k (the last one may be shorter), named shard_{k:05d}:
-    npz   DIR/shard_00000.npz: images uint8 [n, H, W, C], labels int64 [n] (class indices),
-          seeds uint64 [n]; an uncompressed zip that np.load reads, written with fixed entry
-          timestamps (np.savez stamps the current time), so equal arrays give equal bytes
-    png   DIR/shard_00000/: {label}_{seed}.png per image and labels.csv (file,label,seed)
-A shard is assembled under a temporary name in DIR, fsync'd, renamed into place and the
-directory fsync'd. Within a shard images are computed in batches from the shard's start, so a
-shard's batches do not depend on where an earlier run stopped.
+Shards. Images [k*S, (k+1)*S) form shard k (the last one may be shorter), named shard_{k:05d}
+plus the format's suffix: npz (arrays), png (a folder of PNGs and labels.csv), parquet (one row
+per image) or webdataset (a tar); shards.py defines each. A shard is assembled under a temporary
+name in DIR, fsync'd, renamed into place and the directory fsync'd. Within a shard images are
+computed in batches from the shard's start, so a shard's batches do not depend on where an
+earlier run stopped, nor on which process made it: ctrlgan.integrations.ray runs the same job
+(``open_job`` and ``make_shard``) with its shards made by Ray actors.
 
 Completion. DIR/job.json, written atomically before the first shard, records the job: its
 arguments, the model (path, and the sha256 of the files that make its images), the backend,
 the ctrlgan version, the image count and the shard size. Its ``shards`` maps every completed
-shard to its sha256 (of the .npz file; of a png shard, the sha256 of its sorted
-"name NUL sha256-of-file" lines, labels.csv included). A shard counts as done only when
-job.json lists it and its files still have that digest: one present but unlisted (a crash
-between rename and job.json update) or altered is written again. job.json is rewritten
-atomically after each shard, with no timestamps, so an interrupted and resumed job ends
-byte-identical to an uninterrupted one.
+shard to its digest (shards.py: the sha256 of the file; of a png folder, of its files'
+sha256s). A shard counts as done only when job.json lists it and its files still have that
+digest: one present but unlisted (a crash between rename and job.json update) or altered is
+written again. job.json is rewritten atomically after each shard, with no timestamps and its
+keys sorted, so an interrupted and resumed job ends byte-identical to an uninterrupted one.
 
 Running the same job on the same DIR continues it (a complete job is verified and left as it
 is); a DIR holding another job (different arguments, model files, backend or version) or
@@ -35,50 +33,50 @@ other files is refused with InvalidRequest, and so is one that another process i
 Limits, checked before anything is created or written: at most MAX_JOB_IMAGES images and
 MAX_SHARDS shards (job.json lists every shard and is rewritten after each), a shard of at most
 MAX_SHARD_BYTES of images (it is assembled in memory), and the images still to write must fit
-in the free space of DIR's file system (npz: exactly; png: at a lower bound of PNG_MIN_BYTES
-per image). A write that fails anyway (the disk filled up meanwhile) raises an OSError naming
-the shard or job.json; the job resumes from the last complete shard.
+in the free space of DIR's file system (npz: exactly; the others: at a lower bound,
+shards.min_bytes). A write that fails anyway (the disk filled up meanwhile) raises an OSError
+naming the shard or job.json; the job resumes from the last complete shard.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ctrlgan import __version__, validate
-from ctrlgan._fs import TMP_PREFIX, free_bytes, fsync_path, make_readable, naming, write_atomic
+from ctrlgan._fs import TMP_PREFIX, free_bytes, write_atomic
 from ctrlgan.artifact import DIRECTIONS, GENERATOR_ONNX, GENERATOR_WEIGHTS
 from ctrlgan.errors import InvalidRequest
 from ctrlgan.images import to_uint8
 from ctrlgan.runtime import request
+from ctrlgan.runtime.shards import (  # noqa: F401  (read_shard and LABELS_CSV: public here too)
+    FORMATS,
+    LABELS_CSV,
+    min_bytes,
+    read_shard,
+    shard_digest,
+    shard_name,
+    write_shard,
+)
 
 JOB_FILE = "job.json"
 JOB_VERSION = 1
-FORMATS = ("npz", "png")
-LABELS_CSV = "labels.csv"
 SEED_RULE = "seed of image i of the class at position p in classes: seed + p * per_class + i"
 _TMP = TMP_PREFIX  # prefix of temporary shards and manifests; removed on every start
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp, for every entry
 _MUTABLE = ("model", "shards", "complete")  # job.json fields that are not the job's identity
 MAX_JOB_IMAGES = 10**9
 MAX_SHARDS = 100_000
 MAX_SHARD_BYTES = 1 << 30
 MAX_CLASSES = 10_000  # entries of --classes (a class may be listed more than once)
-NPZ_SHARD_OVERHEAD = 4096  # zip and .npy headers of one shard, rounded up
-PNG_MIN_BYTES = 67  # the smallest possible PNG file: a lower bound per image
 MAX_JOB_FILE_BYTES = 64 << 20  # job.json lists at most MAX_SHARDS digests: ~10 MB
 
 
@@ -116,6 +114,49 @@ class JobResult:
         return self.done_before + len(self.written) == self.n_shards
 
 
+@dataclass
+class Job:
+    """An open job directory (``open_job``): its plan, its record and the shards left to make.
+    ``plan`` is the job's identity (job.json less the mutable fields); it and a shard index
+    are all ``make_shard`` needs, so any process that loads the same model can make a shard."""
+
+    out: Path
+    plan: dict
+    record: dict
+    todo: list[int]  # shard indices still to make, in job order
+    done_before: int
+    repaired: list[str]
+
+    def name(self, k: int) -> str:
+        return shard_name(k, self.plan["format"])
+
+    def span(self, k: int) -> tuple[int, int]:
+        return shard_span(self.plan, k)
+
+    @property
+    def images_todo(self) -> int:
+        return sum(b - a for a, b in map(self.span, self.todo))
+
+    def record_shard(self, name: str, digest: str) -> None:
+        """Note a finished shard in job.json (rewritten atomically, keys sorted: the file does
+        not depend on the order in which shards finish)."""
+        shards = dict(sorted({**self.record["shards"], name: digest}.items()))
+        self.record.update(shards=shards, complete=len(shards) == self.plan["n_shards"])
+        _write_json(self.out / JOB_FILE, self.record)
+
+    def result(self, seconds: float) -> JobResult:
+        return JobResult(
+            out_dir=self.out,
+            total_images=self.plan["total_images"],
+            n_shards=self.plan["n_shards"],
+            written=[self.name(k) for k in self.todo],
+            done_before=self.done_before,
+            repaired=self.repaired,
+            images_written=self.images_todo,
+            seconds=seconds,
+        )
+
+
 def run_job(
     generator, spec: JobSpec, out_dir: str | os.PathLike, progress: bool = True
 ) -> JobResult:
@@ -124,114 +165,115 @@ def run_job(
     Every argument is checked before anything is written. ``progress`` shows a tqdm bar with
     images/s on stderr.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
-    job = _describe(generator, spec)
+    with open_job(generator, spec, out_dir) as job, progress_bar(job, progress) as bar:
+        for k in job.todo:
+            digest = make_shard(generator, job.plan, k, spec.batch_size, job.out, bar.update)
+            job.record_shard(job.name(k), digest)
+    return job.result(time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def open_job(
+    generator, spec: JobSpec, out_dir: str | os.PathLike, backend: str | None = None
+) -> Iterator[Job]:
+    """Check ``spec``, create or reopen ``out_dir`` and hold its lock while the block runs;
+    yields the Job with the shards still to make (listed and verified ones are kept).
+
+    ``backend`` names the backend that will make the images when it is not ``generator``'s
+    own (a Ray driver that describes the job for workers of another kind)."""
+    plan = describe(generator, spec, backend)
     out = Path(out_dir)
     if not (out / JOB_FILE).exists():  # a new job: all of it must fit before DIR is made
-        _check_space(out, job, job["total_images"], job["n_shards"])
+        _check_space(out, plan, plan["total_images"], plan["n_shards"])
     created = not out.exists()
     _make_dir(out)
     with _locked(out):
         try:
-            record = _open_job(out, generator, job)
+            record = _open_record(out, generator, plan)
         except BaseException:
             if created:  # e.g. a full disk on job.json: leave no empty directory behind
                 shutil.rmtree(out, ignore_errors=True)
             raise
         _remove_temporaries(out)
-        total, n_shards = job["total_images"], job["n_shards"]
-        names = [shard_name(k, spec.format) for k in range(n_shards)]
+        n_shards, fmt = plan["n_shards"], plan["format"]
+        names = [shard_name(k, fmt) for k in range(n_shards)]
         # Done: listed in job.json and the files still have the listed digest.
         listed = record["shards"]
         done = {n: listed[n] for n in names if n in listed}
-        done = {n: d for n, d in done.items() if _shard_digest(out / n, spec.format) == d}
+        done = {n: d for n, d in done.items() if shard_digest(out / n, fmt) == d}
         repaired = [n for n in names if n in listed and n not in done]
         if done != listed or record.get("complete") != (len(done) == n_shards):
             record.update(shards=dict(done), complete=len(done) == n_shards)
             _write_json(out / JOB_FILE, record)
         todo = [k for k, name in enumerate(names) if name not in done]
-        spans = {k: (k * spec.shard_size, min((k + 1) * spec.shard_size, total)) for k in todo}
-        _check_space(out, job, sum(b - a for a, b in spans.values()), len(todo))
-        bar = tqdm(
-            total=total,
-            initial=total - sum(stop - start for start, stop in spans.values()),
-            unit="img",
-            desc="generate",
-            file=sys.stderr,
-            disable=not (progress and todo),
-            dynamic_ncols=True,
-        )
-        with bar:
-            for k in todo:
-                images, labels, seeds = _make_images(generator, spec, job, *spans[k], bar)
-                digest = _write_shard(out, names[k], spec.format, images, labels, seeds)
-                shards = dict(sorted({**record["shards"], names[k]: digest}.items()))
-                record.update(shards=shards, complete=len(shards) == n_shards)
-                _write_json(out / JOB_FILE, record)
-    return JobResult(
-        out_dir=out,
-        total_images=total,
-        n_shards=n_shards,
-        written=[names[k] for k in todo],
-        done_before=len(done),
-        repaired=repaired,
-        images_written=sum(stop - start for start, stop in spans.values()),
-        seconds=time.perf_counter() - t0,
+        job = Job(out, plan, record, todo, len(done), repaired)
+        _check_space(out, plan, job.images_todo, len(todo))
+        try:
+            yield job
+        finally:
+            _remove_temporaries(out)  # left by shard writers that died (Ray workers)
+
+
+def progress_bar(job: Job, progress: bool):
+    """A tqdm bar of the job's images on stderr (images/s), starting at those already done."""
+    from tqdm import tqdm
+
+    total = job.plan["total_images"]
+    return tqdm(
+        total=total,
+        initial=total - job.images_todo,
+        unit="img",
+        desc="generate",
+        file=sys.stderr,
+        disable=not (progress and job.todo),
+        dynamic_ncols=True,
     )
 
 
-def _make_images(g, spec: JobSpec, job: dict, start: int, stop: int, bar):
+def shard_span(plan: dict, k: int) -> tuple[int, int]:
+    """Images [start, stop) of shard k."""
+    size = plan["shard_size"]
+    return k * size, min((k + 1) * size, plan["total_images"])
+
+
+def make_shard(generator, plan: dict, k: int, batch_size: int, out: Path, advance=None) -> str:
+    """Compute and write shard k of the job ``plan`` into ``out``; its digest. ``advance(n)``
+    is called after each batch of n images."""
+    start, stop = shard_span(plan, k)
+    images, labels, seeds = _make_images(generator, plan, start, stop, batch_size, advance)
+    meta = {key: plan[key] for key in ("class_names", "steer", "truncation")}
+    return write_shard(Path(out), shard_name(k, plan["format"]), plan["format"], images, labels,
+                       seeds, meta)  # fmt: skip
+
+
+def _make_images(g, plan: dict, start: int, stop: int, batch_size: int, advance):
     """Images [start, stop) of the job, uint8 NHWC, with their labels and seeds; computed in
-    batches of spec.batch_size counted from ``start``."""
+    batches of batch_size counted from ``start``."""
     index = np.arange(start, stop, dtype=np.int64)
-    labels = np.array(job["classes"], np.int64)[index // spec.per_class]
-    seeds = np.uint64(spec.seed) + index.astype(np.uint64)
-    images = np.empty((stop - start, *job["image_shape"]), np.uint8)
-    for b in range(0, stop - start, spec.batch_size):
-        e = min(b + spec.batch_size, stop - start)
+    labels = np.array(plan["classes"], np.int64)[index // plan["per_class"]]
+    seeds = np.uint64(plan["seed"]) + index.astype(np.uint64)
+    images = np.empty((stop - start, *plan["image_shape"]), np.uint8)
+    for b in range(0, stop - start, batch_size):
+        e = min(b + batch_size, stop - start)
         rows = g.prepare(
             labels[b:e].tolist(),
             seeds[b:e].tolist(),
-            steer=job["steer"],
-            truncation=job["truncation"],
+            steer=plan["steer"],
+            truncation=plan["truncation"],
         )
         images[b:e] = to_uint8(g.run(rows))
-        bar.update(e - b)
+        if advance is not None:
+            advance(e - b)
     return images, labels, seeds
-
-
-def shard_name(k: int, fmt: str) -> str:
-    return f"shard_{k:05d}.npz" if fmt == "npz" else f"shard_{k:05d}"
-
-
-def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A shard's images (uint8 NHWC), labels and seeds, from either format."""
-    path = Path(path)
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in ("images", "labels", "seeds")}
-    from PIL import Image
-
-    lines = (path / LABELS_CSV).read_text().splitlines()[1:]
-    entries = [line.split(",") for line in lines]
-    images = []
-    for file, _, _ in entries:
-        im = np.asarray(Image.open(path / file))
-        images.append(im[:, :, None] if im.ndim == 2 else im)
-    return {
-        "images": np.stack(images),
-        "labels": np.array([int(e[1]) for e in entries], np.int64),
-        "seeds": np.array([int(e[2]) for e in entries], np.uint64),
-    }
 
 
 # The job's description and its manifest -----------------------------------------------------
 
 
-def _describe(g, spec: JobSpec) -> dict:
-    """Check the spec against the generator; the job's identity (job.json less _MUTABLE)."""
+def describe(g, spec: JobSpec, backend: str | None = None) -> dict:
+    """Check the spec against the generator; the job's plan: its identity (job.json less
+    _MUTABLE). ``backend``: the one that makes the images, when not ``g``'s."""
     validate.choice(spec.format, "format", FORMATS)
     per_class = validate.integer(spec.per_class, "per_class", 1, MAX_JOB_IMAGES)
     shard_size = validate.integer(spec.shard_size, "shard_size", 1, MAX_JOB_IMAGES)
@@ -281,8 +323,8 @@ def _describe(g, spec: JobSpec) -> dict:
     return {
         "job_version": JOB_VERSION,
         "ctrlgan_version": __version__,
-        "model_files": _model_files(g),
-        "backend": g.backend,
+        "model_files": _model_files(g, backend or g.backend),
+        "backend": backend or g.backend,
         "class_names": list(g.classes),
         "classes": classes,
         "per_class": per_class,
@@ -300,11 +342,7 @@ def _describe(g, spec: JobSpec) -> dict:
 
 def _check_space(out: Path, job: dict, images: int, shards: int) -> None:
     """Refuse a job whose images cannot fit on the disk (a lower bound for png)."""
-    h, w, c = job["image_shape"]
-    if job["format"] == "npz":
-        need = images * (h * w * c + 16) + shards * NPZ_SHARD_OVERHEAD
-    else:
-        need = images * PNG_MIN_BYTES
+    need = min_bytes(job["format"], images, shards, job["image_shape"])
     free = free_bytes(out)
     if need > free:
         raise InvalidRequest(
@@ -322,16 +360,16 @@ def _size(n: float) -> str:
     return f"{n} PiB"
 
 
-def _model_files(g) -> dict[str, str]:
-    """sha256 of the artifact files that make this job's images on this backend."""
+def _model_files(g, backend: str) -> dict[str, str]:
+    """sha256 of the artifact files that make this job's images on ``backend``."""
     used = [GENERATOR_WEIGHTS, DIRECTIONS]
-    if g.backend == "onnxruntime":
+    if backend == "onnxruntime":
         used.append(GENERATOR_ONNX)
     files = g.artifact.manifest.files
     return {name: files[name] for name in sorted(used) if name in files}
 
 
-def _open_job(out: Path, g, job: dict) -> dict:
+def _open_record(out: Path, g, job: dict) -> dict:
     """The job record of ``out``: the existing one if it is this job, else a new one."""
     path = out / JOB_FILE
     if not path.exists():
@@ -419,85 +457,6 @@ def _remove_temporaries(out: Path) -> None:
                 shutil.rmtree(p)
             else:
                 p.unlink()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _dir_digest(entries: list[tuple[str, str]]) -> str:
-    """A png shard's digest: sha256 of its sorted 'name NUL sha256' lines."""
-    return _sha256("".join(f"{n}\0{d}\n" for n, d in sorted(entries)).encode())
-
-
-def _shard_digest(path: Path, fmt: str) -> str | None:
-    """The digest of a shard on disk, or None when it is missing or unreadable."""
-    try:
-        if fmt == "npz":
-            return _sha256(path.read_bytes()) if path.is_file() else None
-        if not path.is_dir():
-            return None
-        return _dir_digest([(p.name, _sha256(p.read_bytes())) for p in path.iterdir()])
-    except OSError:
-        return None
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """What np.savez writes, less the varying timestamps: an uncompressed zip of .npy files."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, value in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(value), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _write_shard(out: Path, name: str, fmt: str, images, labels, seeds) -> str:
-    """Write one shard atomically (temporary name, fsync, rename, fsync DIR); its digest. An
-    OSError (a full disk) names the shard and leaves no temporary behind."""
-    target = out / name
-    if fmt == "npz":
-        data = _npz_bytes({"images": images, "labels": labels, "seeds": seeds})
-        write_atomic(target, data)
-        return _sha256(data)
-    with naming(target):
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP, dir=out))
-        try:
-            entries = []
-            rows = ["file,label,seed"]
-            for image, label, seed in zip(images, labels.tolist(), seeds.tolist(), strict=True):
-                file = f"{label}_{seed}.png"
-                data = _png_bytes(image)
-                (tmp / file).write_bytes(data)
-                entries.append((file, _sha256(data)))
-                rows.append(f"{file},{label},{seed}")
-            data = ("\n".join(rows) + "\n").encode()
-            (tmp / LABELS_CSV).write_bytes(data)
-            entries.append((LABELS_CSV, _sha256(data)))
-            make_readable(tmp)
-            for file, _ in entries:  # all written first: far faster than one fsync per write
-                fsync_path(tmp / file)
-            fsync_path(tmp)
-            if target.is_dir() and not target.is_symlink():  # an unlisted or altered earlier try
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        fsync_path(out)
-    return _dir_digest(entries)
 
 
 def _write_json(path: Path, record: dict) -> None:

@@ -1,0 +1,282 @@
+"""Batch jobs on Ray Data: ``ctrlgan generate ... --ray [ADDRESS]`` (needs ``ctrlgan[ray]``).
+
+The job is runtime/jobs.py's, unchanged: the same plan (classes, per-class counts, seeds,
+steering, truncation, shard size), the same shards, job.json and checksums, byte for byte,
+however many actors make it and in whatever order they finish. Only who makes the shards
+differs:
+
+    driver   checks the job and opens OUT (jobs.open_job: job.json, the lock, the shards that
+             are done and verified), then runs a Ray Data pipeline
+                 from_items(one row per shard still to make: shard, start, stop)
+                   .map_batches(_ShardMaker, batch_size=1, compute=ActorPoolStrategy(size=N))
+             and records each finished shard's digest in job.json as its row comes back
+    actors   N Ray actors, each loads the model once (a ctrlgan Generator: one per GPU when
+             the backend is triton, else one per node by default with the node's CPUs as
+             threads), and per row computes the shard's images and writes the shard itself
+             (jobs.make_shard: a temporary name, fsync, rename)
+
+OUT must therefore be a directory every actor can write at the same path (one machine, or a
+file system shared by the nodes), and the model a bundled name or a path every node can read.
+
+Failures. A killed driver leaves job.json listing the shards whose rows came back; the same
+command continues from those (a shard written but not yet recorded is made again, to the same
+bytes). An actor that dies is restarted by Ray and its shard retried (Ray Data's actor pools
+retry without limit); the shard is written atomically, so a retry replaces, never duplicates,
+and the driver records each shard once. An error inside an actor (a full disk) ends the job
+with that error; what was recorded stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from ctrlgan import validate
+from ctrlgan.errors import ArtifactError, BackendUnavailable, CtrlganError, InvalidRequest
+from ctrlgan.runtime.jobs import JobResult, JobSpec, make_shard, open_job, progress_bar
+
+EXTRA = "ctrlgan[ray]"
+MAX_BLOCKS = 4096  # rows (shards) per block beyond this many shards are grouped
+CONNECT_TIMEOUT_S = 5.0
+
+
+def require_ray():
+    """The ray module with Ray Data, or BackendUnavailable naming the extra to install."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        raise BackendUnavailable(
+            f"--ray needs Ray Data, which is not installed here ({e}): pip install '{EXTRA}'"
+        ) from None
+    return ray
+
+
+def load(model, backend: str = "auto"):
+    """The driver's Generator for a Ray job and the backend the actors will use.
+
+    The driver checks the job against the model (classes, features, limits) and records the
+    backend; the actors load the model themselves. A backend that cannot run on the driver
+    (triton on a head node without a GPU) is described with the torch backend here and run
+    with the named one on the actors."""
+    import ctrlgan
+
+    if isinstance(model, ctrlgan.Generator):
+        return model, (model.backend if backend == "auto" else backend)
+    try:
+        g = ctrlgan.load(model, backend=backend)
+    except BackendUnavailable:
+        if backend == "auto":
+            raise
+        return ctrlgan.load(model, backend="torch"), backend
+    return g, g.backend
+
+
+def generate(
+    model,
+    spec: JobSpec,
+    out_dir: str | os.PathLike,
+    *,
+    backend: str = "auto",
+    address: str | None = None,
+    actors: int | None = None,
+    progress: bool = True,
+) -> JobResult:
+    """Make (or continue) the job ``spec`` in ``out_dir`` on Ray; a JobResult, as jobs.run_job.
+
+    model: a bundled model name, an artifact path or a loaded Generator; backend: what the
+    actors run ("auto": the Generator's, or what "auto" picks on the driver); address: None or
+    "local" start a local Ray (stopped at the end), "auto", host:port or ray://host:port join a
+    cluster, and an already connected Ray session (``ray.init`` in this process) is used as it
+    is; actors: the actor pool's size (default: one per GPU for triton, else one per node).
+    """
+    ray = require_ray()
+    t0 = time.perf_counter()
+    g, backend = load(model, backend)
+    if actors is not None:
+        actors = validate.integer(actors, "actors", 1, 100_000)
+    started = _connect(ray, address)
+    try:
+        n, resources, threads = _actor_pool(ray, backend, actors)
+        with open_job(g, spec, out_dir, backend=backend) as job, progress_bar(job, progress) as bar:
+            if job.todo:
+                _run_pipeline(ray, g, job, spec.batch_size, backend, n, resources, threads, bar)
+    finally:
+        if started:
+            ray.shutdown()
+    return job.result(time.perf_counter() - t0)
+
+
+class _ShardMaker:
+    """One actor of the pool: loads the model once, then makes and writes whole shards."""
+
+    def __init__(self, model, backend, max_batch, threads, plan, batch_size, out):
+        import ctrlgan
+        from ctrlgan.runtime import jobs
+
+        threads = min(threads, os.cpu_count() or 1)
+        self.g = ctrlgan.load(model, backend=backend, max_batch=max_batch, threads=threads)
+        if jobs._model_files(self.g, backend) != plan["model_files"]:
+            raise ArtifactError(model, "differs on this node from the model the job was made for")
+        self.plan, self.batch_size, self.out = plan, batch_size, Path(out)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        names, digests = [], []
+        for k in batch["shard"].tolist():
+            digests.append(make_shard(self.g, self.plan, k, self.batch_size, self.out))
+            names.append(_name(self.plan, k))
+        return {
+            "shard": batch["shard"],
+            "name": np.array(names),
+            "digest": np.array(digests),
+            "images": batch["stop"] - batch["start"],
+            "pid": np.full(len(names), os.getpid()),
+        }
+
+
+def _name(plan: dict, k: int) -> str:
+    from ctrlgan.runtime.shards import shard_name
+
+    return shard_name(k, plan["format"])
+
+
+def _run_pipeline(ray, g, job, batch_size, backend, n, resources, threads, bar) -> None:
+    """The shards of job.todo made by an actor pool of n; each recorded as it comes back."""
+    rows = [{"shard": k, "start": a, "stop": b} for k in job.todo for a, b in [job.span(k)]]
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars, context.print_on_execution_start
+    context.enable_progress_bars = context.print_on_execution_start = False
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
+        ds = ds.map_batches(
+            _ShardMaker,
+            fn_constructor_kwargs={
+                "model": str(Path(g.artifact.path).resolve()),
+                "backend": backend,
+                "max_batch": g.max_batch,
+                "threads": threads,
+                "plan": job.plan,
+                "batch_size": batch_size,
+                "out": str(job.out.resolve()),
+            },
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=n),
+            **resources,
+        )
+        expected = {job.name(k) for k in job.todo}
+        recorded = {}
+        for row in _rows(ds):
+            name, digest = str(row["name"]), str(row["digest"])
+            if name not in expected:
+                raise RuntimeError(f"a Ray actor returned {name}, which is not a shard to make")
+            if recorded.setdefault(name, digest) != digest:  # a retry made other bytes
+                raise RuntimeError(f"{name} was made twice with different bytes")
+            job.record_shard(name, digest)
+            bar.update(int(row["images"]))
+        missing = sorted(expected - set(recorded))
+        if missing:
+            raise RuntimeError(f"the Ray pipeline ended without {', '.join(missing[:3])}")
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start = saved
+        logger.setLevel(level)
+
+
+def _rows(ds):
+    """The pipeline's output rows; an error raised in an actor that ctrlgan raises on purpose
+    (or a failed write, an OSError naming the shard) comes out as itself."""
+    try:
+        yield from ds.iter_rows()
+    except Exception as e:
+        cause = _cause(e)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _cause(error: BaseException):
+    """The first CtrlganError or OSError in ``error``'s chain (Ray wraps an actor's error in
+    RayTaskError, and Ray Data in UserCodeException)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (CtrlganError, OSError)) and not _is_ray_error(error):
+            return error
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
+def _is_ray_error(error: BaseException) -> bool:
+    return type(error).__module__.startswith("ray.")
+
+
+# The cluster ----------------------------------------------------------------------------------
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Connect to Ray as ``address`` says; True when this call started the session."""
+    if ray.is_initialized():
+        return False
+    address = "local" if address is None else address
+    if not isinstance(address, str) or not address.strip():
+        raise InvalidRequest("ray", f"expected a Ray address, got {address!r}")
+    if address not in ("local", "auto") and not address.startswith("ray://"):
+        _check_reachable(address)
+    local = {"include_dashboard": False} if address == "local" else {}
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, **local)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        from ctrlgan.errors import summary
+
+        raise InvalidRequest("ray", f"cannot connect to Ray at {address}: {summary(e)}") from None
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port that does not answer fails here in seconds, not after Ray's long retries."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRequest(
+            "ray", f"{address!r} is not a Ray address: give host:port, auto or ray://host:port"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise InvalidRequest(
+            "ray",
+            f"no Ray cluster answers at {address} ({e.strerror or e}): start one with "
+            "`ray start --head` or check the address",
+        ) from None
+
+
+def _actor_pool(ray, backend: str, actors: int | None) -> tuple[int, dict, int]:
+    """The pool's size, each actor's Ray resources and its generator's threads."""
+    resources = ray.cluster_resources()
+    if backend == "triton":
+        gpus = int(resources.get("GPU", 0))
+        if gpus < 1:
+            raise BackendUnavailable("backend triton needs GPUs, and the Ray cluster has none")
+        n = actors or gpus
+        if n > gpus:
+            raise InvalidRequest(
+                "actors", f"{n} actors of one GPU each, and the cluster has {gpus}"
+            )
+        return n, {"num_gpus": 1, "num_cpus": 1}, 1
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in nodes]
+    total = int(resources.get("CPU", 0))
+    if total < 1:
+        raise BackendUnavailable("the Ray cluster has no CPUs for generator actors")
+    n = actors or max(1, sum(1 for c in node_cpus if c > 0))
+    if n > total:
+        raise InvalidRequest("actors", f"{n} actors of a CPU each; the cluster has {total}")
+    cpus = max(1, min(total // n, max(node_cpus)))
+    return n, {"num_cpus": cpus}, cpus
