@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ctrlgan.artifact import DEFAULT_MODEL
 from ctrlgan.cli import options
@@ -52,6 +53,15 @@ def add_parsers(sub) -> None:
     )  # fmt: skip
     s.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     s.add_argument("--access-log", action="store_true", help="one log line per request")
+    s.add_argument(
+        "--ray", action="store_true",
+        help="serve on Ray Serve (needs ctrlgan[ray]): join the Ray cluster ($RAY_ADDRESS or "
+        "one started here with `ray start`; else a local one), deploy --replicas copies of this "
+        "server, each with its own batcher, behind Ray's HTTP proxy on --host:--port; HTTP "
+        "only (no gRPC); see docs/ray_serve.md",
+    )  # fmt: skip
+    s.add_argument("--replicas", type=int, default=None, help="with --ray: copies of the server "
+                   "(default 1)")  # fmt: skip
     s.set_defaults(func=run)
 
     p = options.command(
@@ -138,7 +148,14 @@ def run(args: argparse.Namespace, announce=print) -> int:
     validate.integer(args.max_queue, "max-queue", 1, validate.MAX_BATCH)
     validate.integer(args.max_images, "max-images", 1, validate.MAX_BATCH)
     validate.threads(args.threads, "threads")
+    on_ray = getattr(args, "ray", False)
+    if args.replicas is not None and not on_ray:
+        raise InvalidRequest("replicas", "only with --ray")
+    replicas = validate.integer(1 if args.replicas is None else args.replicas, "replicas", 1,
+                                4096)  # fmt: skip
     key = api_key(args.api_key_file)
+    if on_ray:
+        return run_on_ray(args, key, replicas, announce)
     logging.basicConfig(level=logging.INFO if args.access_log else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
     app = create_app(
@@ -151,3 +168,53 @@ def run(args: argparse.Namespace, announce=print) -> int:
         app, host=args.host, port=args.port, grpc_port=None if args.no_grpc else args.grpc_port,
         drain_timeout=args.drain_timeout, announce=announce,
     )  # fmt: skip
+
+
+def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announce=print) -> int:
+    """`ctrlgan serve --ray`: join (or start) a Ray cluster, deploy the server on Ray Serve,
+    wait for SIGINT or SIGTERM, then delete the application (Ray drains each replica within
+    --drain-timeout) and exit 0."""
+    import signal
+    import threading
+
+    try:
+        import ray
+        from ray import serve
+
+        from ctrlgan.integrations import ray_serve
+    except ImportError as e:
+        raise InvalidRequest("ray", f"needs Ray Serve: pip install 'ctrlgan[ray]' ({e})") from None
+    # checked (and the models resolved) before Ray starts: a typo costs no cluster
+    from ctrlgan.artifact import resolve
+
+    for model in args.models:
+        resolve(model)
+    application = ray_serve.build(
+        args.models, replicas=replicas, backend=args.backend, max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms, max_queue=args.max_queue, max_images=args.max_images,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)), request_timeout=args.request_timeout,
+        api_key=key, access_log=args.access_log, threads=args.threads or None,
+        drain_timeout=args.drain_timeout,
+    )  # fmt: skip
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        ray.init()
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(application, name=ray_serve.DEFAULT_NAME, route_prefix="/")
+        names = ", ".join(args.models)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        announce(f"ctrlgan serve --ray: models {names}, {replicas} replica(s) on Ray Serve")
+        announce(f"  HTTP  http://{host}:{args.port}/v2  (/v1/models, /openapi.json; every "
+                 "node's Ray proxy)")  # fmt: skip
+        announce("  gRPC  not served on Ray")
+        announce("  Ctrl-C or SIGTERM drains and stops")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+        serve.delete(ray_serve.DEFAULT_NAME)  # waits while Ray drains the replicas
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

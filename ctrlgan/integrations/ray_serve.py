@@ -23,11 +23,13 @@ Back-pressure, from the client inwards; every overload is 429 with ``Retry-After
    request is refused at once with 429 and ``{"error": "... queue ..."}``, exactly as
    `ctrlgan serve` answers it.
 2. Ray Serve's router: a replica takes at most ``max_ongoing_requests`` requests at a time
-   (default ``max_queue + max_batch_size``: a request holds at least one image, so a replica's
-   batcher refuses before Ray stops sending it more, and clients see layer 1's JSON answer).
-   Beyond that, requests wait in the proxy, at most ``max_queued_requests`` per proxy
-   (default ``max_queue``); past it the proxy answers 429 itself (``BackpressureConfig
-   (status_code=429)``; Ray's default would be 503) with a plain-text body.
+   (default 1024, or ``max_queue + max_batch_size`` if more: a request holds at least one
+   image, so a replica's batcher is full before Ray stops sending it requests, and those it
+   has no room for are refused in microseconds: clients see layer 1's JSON answer). Beyond
+   that, requests wait in the proxy, at most ``max_queued_requests`` per proxy (default: as
+   many as ``max_ongoing_requests``); past it the proxy answers 429 itself
+   (``BackpressureConfig(status_code=429)``; Ray's default would be 503), with Ray's
+   plain-text message instead of ``{"error": ...}``.
 3. 503 still means what it means for `ctrlgan serve`: no replica can take requests (not yet
    deployed, failed, or shutting down), never "too busy".
 
@@ -50,6 +52,9 @@ from ctrlgan.serve.app import DEFAULT_MAX_BODY, DEFAULT_MAX_IMAGES, DEFAULT_TIME
 
 DEFAULT_NAME = "ctrlgan"
 MAX_REPLICAS = 4096
+# Requests one replica takes at once, at least: those its batcher has no room for are answered
+# 429 in microseconds, so a high cap costs nothing and leaves the decision to the batcher
+MIN_ONGOING = 1024
 # the create_app options a replica is built with, and their defaults (those of `ctrlgan serve`)
 APP_OPTIONS = {
     "backend": "auto",
@@ -105,14 +110,18 @@ def build(
     num_gpus: float = 0.0,
     max_ongoing_requests: int | None = None,
     max_queued_requests: int | None = None,
+    drain_timeout: float = 20.0,
     name: str = DEFAULT_NAME,
     **options,
 ) -> serve.Application:
     """The Ray Serve application: ``replicas`` copies of ``create_app(models, **options)``
     (options: those of ``ctrlgan.serve.create_app``), each with ``num_cpus`` / ``num_gpus``.
-    ``max_ongoing_requests``: requests one replica takes at a time (default max_queue +
-    max_batch_size); ``max_queued_requests``: requests each proxy holds while every replica
-    is busy (default max_queue), beyond which it answers 429. Everything is checked here,
+    ``max_ongoing_requests``: requests one replica takes at a time (default: 1024, or
+    max_queue + max_batch_size if more); ``max_queued_requests``: requests each proxy holds
+    while every replica has that many (default: max_ongoing_requests), beyond which the proxy
+    answers 429; ``drain_timeout``: seconds a
+    stopping replica waits for its requests (Ray's graceful_shutdown_timeout_s). Everything
+    is checked here,
     before anything is deployed: InvalidRequest names the field."""
     if isinstance(models, str):
         models = [m for m in models.split(",") if m]
@@ -140,15 +149,16 @@ def build(
     else:
         validate.integer(opts["threads"], "threads", 0, 1024)
     if max_ongoing_requests is None:
-        max_ongoing_requests = max_queue + max_batch_size
+        max_ongoing_requests = max(MIN_ONGOING, max_queue + max_batch_size)
     max_ongoing_requests = validate.integer(max_ongoing_requests, "max_ongoing_requests", 1,
                                             1 << 20)  # fmt: skip
     if max_queued_requests is None:
-        max_queued_requests = max_queue
+        max_queued_requests = max_ongoing_requests
     max_queued_requests = validate.integer(max_queued_requests, "max_queued_requests", -1,
                                            1 << 20)  # fmt: skip
     if max_queued_requests == 0:
         raise InvalidRequest("max_queued_requests", "-1 (no limit) or at least 1")
+    drain_timeout = validate.real(drain_timeout, "drain_timeout", 0.0, 3600.0)
     if not isinstance(name, str) or not name:
         raise InvalidRequest("name", "expected the deployment's name")
     actor = {"num_cpus": num_cpus}
@@ -161,6 +171,7 @@ def build(
         max_queued_requests=max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=int(RETRY_AFTER)),
         ray_actor_options=actor,
+        graceful_shutdown_timeout_s=drain_timeout,
     )
     return deployment.bind(models, opts)
 
@@ -168,7 +179,8 @@ def build(
 # `serve run MODULE:app key=value ...` and Serve config files: their names, as strings or JSON
 INTEGERS = ("replicas", "max_batch_size", "max_queue", "max_images", "threads",
             "max_ongoing_requests", "max_queued_requests")  # fmt: skip
-REALS = ("num_cpus", "num_gpus", "max_delay_ms", "max_body_mb", "request_timeout")
+REALS = ("num_cpus", "num_gpus", "max_delay_ms", "max_body_mb", "request_timeout",
+         "drain_timeout")  # fmt: skip
 STRINGS = ("models", "backend", "name", "api_key_file")
 FLAGS = ("access_log",)
 
