@@ -153,7 +153,7 @@ def _run_pipeline(ray, g, job, batch_size, backend, n, resources, threads, bar) 
     context.enable_progress_bars = context.print_on_execution_start = False
     logger = logging.getLogger("ray.data")
     level = logger.level
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR)  # not its notes on disabled progress bars
     try:
         ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
         ds = ds.map_batches(

@@ -1,0 +1,274 @@
+"""`ctrlgan generate --ray` (ctrlgan/integrations/ray.py) on a local Ray of 2 CPUs
+(tests/integrations/conftest.py): the same shards, job.json and checksums as the local
+`generate`, byte for byte, with 1 and 2 actors; a killed actor and a killed driver; the
+formats read by Ray Data; and the failures that must be one line (no Ray, bad addresses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+import ctrlgan
+from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
+from ctrlgan.integrations import ray as ray_jobs
+from ctrlgan.runtime.jobs import JobSpec, read_shard, run_job
+from tests.runtime.test_jobs import tree
+from tests.test_cli import assert_one_line_error, run
+
+# 6 shards of 4 (the last of 1), steered and truncated: the plan of every identity test.
+SPEC = JobSpec(classes=[7, 2, 5], per_class=7, seed=100, steer={"up": 1.5}, truncation=1.8,
+               shard_size=4)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, tiny_model):
+    """The tiny model with two directions (no ONNX: every backend here is torch)."""
+    path = tmp_path_factory.mktemp("steered") / "model"
+    shutil.copytree(tiny_model.artifact.path, path)
+    manifest = Artifact.open(path).manifest
+    manifest.directions = ["up", "left"]
+    torch.manual_seed(5)
+    write_artifact(path, manifest, tensors={DIRECTIONS: {"directions": torch.randn(2, 12)}})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def g(model):
+    return ctrlgan.load(model, backend="torch")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, g):
+    """The local jobs every Ray run is compared with, per (format, spec)."""
+    made = {}
+
+    def make(spec: JobSpec):
+        key = repr(spec)
+        if key not in made:
+            out = tmp_path_factory.mktemp("local") / "job"
+            run_job(g, spec, out, progress=False)
+            made[key] = tree(out)
+        return made[key]
+
+    return make
+
+
+def with_(spec: JobSpec, **changes) -> JobSpec:
+    return JobSpec(**{**spec.__dict__, **changes})
+
+
+def actor_pids() -> set[int]:
+    """The live processes of this job's Ray actors (their title names the UDF)."""
+    pids = set()
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and "_ShardMaker" in " ".join(
+                p.info["cmdline"] or []
+            ):
+                pids.add(p.pid)
+        except psutil.Error:
+            pass
+    return pids
+
+
+def recorded(out) -> dict:
+    try:
+        return json.loads((out / "job.json").read_text())
+    except (OSError, ValueError):
+        return {"shards": {}, "complete": False}
+
+
+# Failures first: they need no Ray session (none is started for them). ------------------------
+
+
+def test_ray_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch, model):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    out = tmp_path / "job"
+    code, _, err = run(capsys, "generate", model, "--per-class", "2", "--out", str(out), "--ray")
+    assert_one_line_error(code, err, "--ray", "pip install 'ctrlgan[ray]'")
+    with pytest.raises(ctrlgan.errors.BackendUnavailable, match=r"ctrlgan\[ray\]"):
+        ray_jobs.generate(model, SPEC, out, progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "address, words",
+    [
+        ("127.0.0.1:1", ["ray", "no Ray cluster answers at 127.0.0.1:1", "ray start --head"]),
+        ("no-port", ["ray", "'no-port' is not a Ray address", "host:port"]),
+        ("host:99999", ["ray", "is not a Ray address"]),
+    ],
+)
+def test_a_bad_address_is_one_line_and_writes_nothing(
+    tmp_path, capsys, monkeypatch, model, address, words
+):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as a fresh driver would be
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init must not be reached"))
+    out = tmp_path / "job"
+    argv = ["generate", model, "--per-class", "2", "--out", str(out), "--ray", address]
+    t0 = time.monotonic()
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *words)
+    assert time.monotonic() - t0 < ray_jobs.CONNECT_TIMEOUT_S + 5 and not out.exists()
+
+
+def test_other_bad_arguments_are_one_line(tmp_path, capsys, model):
+    out = str(tmp_path / "job")
+    base = ["generate", model, "--per-class", "2", "--out", out]
+    code, _, err = run(capsys, *base, "--actors", "2")
+    assert_one_line_error(code, err, "--actors", "--ray")
+    code, _, err = run(capsys, *base, "--ray", "--format", "hdf5")
+    assert_one_line_error(code, err, "--format", "hdf5")
+    code, _, err = run(capsys, *base, "--ray", "--actors", "x")
+    assert_one_line_error(code, err, "--actors")
+    assert not os.path.exists(out)
+
+
+# On Ray -----------------------------------------------------------------------------------
+
+
+def test_actors_beyond_the_cluster_are_refused(ray_local, tmp_path, capsys, model):
+    out = tmp_path / "job"
+    argv = ["generate", model, "--per-class", "2", "--out", str(out), "--ray", "--actors"]
+    for actors, words in (("3", ["actors", "3 actors", "has 2"]), ("0", ["actors", "1.."])):
+        code, _, err = run(capsys, *argv, actors)
+        assert_one_line_error(code, err, *words)
+    assert not out.exists()
+
+
+def test_one_actor_makes_the_local_jobs_bytes(ray_local, tmp_path, model, local):
+    result = ray_jobs.generate(model, SPEC, tmp_path / "job", actors=1, progress=False)
+    assert result.complete and result.images_written == 21 and len(result.written) == 6
+    assert tree(tmp_path / "job") == local(SPEC)
+
+
+def test_two_actors_from_the_cli_make_the_local_jobs_bytes(ray_local, tmp_path, capsys, model,
+                                                           local):  # fmt: skip
+    out = tmp_path / "job"
+    argv = ["generate", model, "--classes", "7,2,5", "--per-class", "7", "--seed", "100",
+            "--steer", "up=1.5", "--truncation", "1.8", "--shard-size", "4", "--format",
+            "webdataset", "--out", str(out), "--quiet", "--ray", "--actors", "2"]  # fmt: skip
+    code, text, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "wrote 6 shard(s)" in text and "21 images" in text
+    assert tree(out) == local(with_(SPEC, format="webdataset"))
+    code, text, err = run(capsys, *argv)  # a complete job: verified, nothing started
+    assert code == 0 and "already complete" in text, err
+
+
+def test_a_killed_actor_is_retried_without_losing_or_duplicating_a_shard(
+    ray_local, tmp_path, model, local
+):
+    """One actor, SIGKILLed once job.json lists a shard: Ray restarts it and retries its
+    shard; the job ends complete and equal to the local one. batch_size=1 (the same bytes on
+    the CPU) makes the job slow enough to be killed in the middle."""
+    import threading
+
+    for attempt in range(3):
+        spec = with_(SPEC, classes=list(range(10)), per_class=200 * 4**attempt, shard_size=50,
+                     batch_size=1, format="parquet")  # fmt: skip
+        out = tmp_path / f"job{attempt}"
+        before = actor_pids()
+        box = {}
+
+        def job(spec=spec, out=out, box=box):
+            box["r"] = ray_jobs.generate(model, spec, out, actors=1, progress=False)
+
+        worker = threading.Thread(target=job)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not recorded(out)["shards"] and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        killed = actor_pids() - before
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        at_kill = recorded(out)
+        worker.join(120)
+        assert not worker.is_alive()
+        if len(killed) == 1 and not at_kill["complete"]:
+            break
+    else:
+        pytest.fail("the job always finished before its actor could be killed")
+    result = box["r"]
+    assert result.complete and len(result.written) == result.n_shards == 40 * 4**attempt
+    assert tree(out) == local(with_(spec, batch_size=1024))
+
+
+def test_a_killed_driver_resumes_from_the_recorded_shards(ray_local, tmp_path, capsys, model,
+                                                          local):  # fmt: skip
+    """A driver joins this Ray by its address, is SIGKILLed once job.json lists a shard; the
+    same job continued (here from Python, with 2 actors) ends equal to the local one."""
+    address = ray_local.get_runtime_context().gcs_address
+    for attempt in range(3):
+        out = tmp_path / f"job{attempt}"
+        per_class = 200 * 4**attempt
+        argv = ["generate", model, "--classes", "0-9", "--per-class", str(per_class), "--seed",
+                "100", "--steer", "up=1.5", "--truncation", "1.8", "--shard-size", "50",
+                "--batch-size", "1", "--out", str(out), "--quiet", "--ray", address,
+                "--actors", "1"]  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "ctrlgan", *argv],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 90
+            while proc.poll() is None and time.monotonic() < deadline:
+                if recorded(out)["shards"]:
+                    break
+                time.sleep(0.005)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            _, err = proc.communicate()
+        at_kill = recorded(out)
+        assert at_kill["shards"], err.decode()[-2000:]
+        if proc.returncode == -signal.SIGKILL and not at_kill["complete"]:
+            break
+    else:
+        pytest.fail("the driver always finished before it could be killed")
+    spec = with_(SPEC, classes=list(range(10)), per_class=per_class, shard_size=50)
+    result = ray_jobs.generate(model, spec, out, actors=2, progress=False)
+    assert result.done_before == len(at_kill["shards"]) and result.complete
+    assert result.done_before + len(result.written) == result.n_shards
+    assert tree(out) == local(spec)
+
+
+def test_shards_read_back_with_ray_data(ray_local, tmp_path, g):
+    """The reading recipes of docs/generate-at-scale.md for Ray Data: parquet rows with the
+    PNG bytes, webdataset samples decoded to arrays."""
+    import ray.data
+
+    spec = JobSpec(classes=[1, 6], per_class=5, seed=3, shard_size=4, steer={"left": 0.5})
+    expected = g.sample([1] * 5 + [6] * 5, range(3, 13), steer={"left": 0.5}, output="uint8")
+    for fmt in ("parquet", "webdataset"):
+        run_job(g, with_(spec, format=fmt), tmp_path / fmt, progress=False)
+    rows = ray.data.read_parquet(str(tmp_path / "parquet")).take_all()
+    rows.sort(key=lambda r: r["seed"])
+    assert [r["label"] for r in rows] == [1] * 5 + [6] * 5
+    images = np.stack([read_png(r["png"]) for r in rows])
+    np.testing.assert_array_equal(images, expected)
+    samples = ray.data.read_webdataset(
+        str(tmp_path / "webdataset"), file_extensions=["tar"]
+    ).take_all()
+    samples.sort(key=lambda s: s["json"]["seed"])
+    assert [s["cls"] for s in samples] == [1] * 5 + [6] * 5
+    images = np.stack([np.asarray(s["png"]).reshape(expected.shape[1:]) for s in samples])
+    np.testing.assert_array_equal(images, expected)
+    shard = read_shard(tmp_path / "webdataset" / "shard_00000.tar")  # and ctrlgan's own reader
+    np.testing.assert_array_equal(shard["images"], expected[:4])
+
+
+def read_png(data: bytes) -> np.ndarray:
+    from ctrlgan.runtime.shards import decode_png
+
+    return decode_png(data)
