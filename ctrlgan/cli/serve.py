@@ -54,11 +54,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     s.add_argument("--access-log", action="store_true", help="one log line per request")
     s.add_argument(
-        "--ray", action="store_true",
-        help="serve on Ray Serve (needs ctrlgan[ray]): join the Ray cluster ($RAY_ADDRESS or "
-        "one started here with `ray start`; else a local one), deploy --replicas copies of this "
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="serve on Ray Serve (needs ctrlgan[ray]): a new local Ray without ADDRESS, else join "
+        "the cluster at ADDRESS (host:port, auto or ray://...); --replicas copies of this "
         "server, each with its own batcher, behind Ray's HTTP proxy on --host:--port; HTTP "
-        "only (no gRPC); see docs/ray_serve.md",
+        "only; see docs/ray_serve.md",
     )  # fmt: skip
     s.add_argument("--replicas", type=int, default=None, help="with --ray: copies of the server "
                    "(default 1)")  # fmt: skip
@@ -148,13 +148,15 @@ def run(args: argparse.Namespace, announce=print) -> int:
     validate.integer(args.max_queue, "max-queue", 1, validate.MAX_BATCH)
     validate.integer(args.max_images, "max-images", 1, validate.MAX_BATCH)
     validate.threads(args.threads, "threads")
-    on_ray = getattr(args, "ray", False)
+    on_ray = getattr(args, "ray", None) is not None
     if args.replicas is not None and not on_ray:
         raise InvalidRequest("replicas", "only with --ray")
     replicas = validate.integer(1 if args.replicas is None else args.replicas, "replicas", 1,
                                 4096)  # fmt: skip
     key = api_key(args.api_key_file)
     if on_ray:
+        if args.port == 0:
+            raise InvalidRequest("port", "give a port with --ray (Ray's proxies listen on it)")
         return run_on_ray(args, key, replicas, announce)
     logging.basicConfig(level=logging.INFO if args.access_log else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
@@ -174,8 +176,11 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
     """`ctrlgan serve --ray`: join (or start) a Ray cluster, deploy the server on Ray Serve,
     wait for SIGINT or SIGTERM, then delete the application (Ray drains each replica within
     --drain-timeout) and exit 0."""
+    import logging
     import signal
     import threading
+
+    from ctrlgan.errors import summary
 
     try:
         import ray
@@ -196,25 +201,52 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
         api_key=key, access_log=args.access_log, threads=args.threads or None,
         drain_timeout=args.drain_timeout,
     )  # fmt: skip
+    address = args.ray
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    previous = {}
+    started = False
     try:
-        ray.init()
+        if not ray.is_initialized():
+            local = {"include_dashboard": False} if address == "local" else {}
+            try:
+                ray.init(address=address, logging_level=logging.WARNING, **local)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise InvalidRequest(
+                    "ray", f"cannot connect to Ray at {address}: {summary(e)}"
+                ) from None
+            started = True
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(application, name=ray_serve.DEFAULT_NAME, route_prefix="/")
-        names = ", ".join(args.models)
+        # ours after Ray's: ray.init installs a handler that aborts the process on SIGTERM
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
         host = f"[{args.host}]" if ":" in args.host else args.host
-        announce(f"ctrlgan serve --ray: models {names}, {replicas} replica(s) on Ray Serve")
-        announce(f"  HTTP  http://{host}:{args.port}/v2  (/v1/models, /openapi.json; every "
-                 "node's Ray proxy)")  # fmt: skip
-        announce("  gRPC  not served on Ray")
+        plural = "s" if replicas > 1 else ""
+        announce(f"ctrlgan serve: models {', '.join(args.models)} on Ray Serve "
+                 f"({replicas} replica{plural}, Ray at {address})")  # fmt: skip
+        announce(f"  HTTP  http://{host}:{args.port}/v2  (/v1/models, /openapi.json; the Ray "
+                 "proxy of every node)")  # fmt: skip
         announce("  Ctrl-C or SIGTERM drains and stops")
         sys.stdout.flush()
         while not stop.wait(0.5):
             pass
-        serve.delete(ray_serve.DEFAULT_NAME)  # waits while Ray drains the replicas
+        # returns once Ray has drained the replicas; bounded, since it never returns if Ray
+        # itself went away (Ctrl-C reaches a local Ray's processes too)
+        drained = _bounded(lambda: serve.delete(ray_serve.DEFAULT_NAME), args.drain_timeout + 10)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+        if started and address == "local":
+            _bounded(serve.shutdown, 10.0)
+            ray.shutdown()
+    return 0 if drained else 1
+
+
+def _bounded(work, seconds: float) -> bool:
+    """``work()`` on a daemon thread; False if it has not returned within ``seconds``."""
+    import threading
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()

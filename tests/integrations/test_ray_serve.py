@@ -228,7 +228,8 @@ def test_cli_ray_without_ray_is_one_line_naming_the_extra(capsys, monkeypatch):
 @pytest.mark.parametrize(
     "argv, words",
     [(["--ray", "--replicas", "0"], ["replicas"]), (["--replicas", "2"], ["replicas", "--ray"]),
-     (["--ray", "--max-queue", "0"], ["max-queue"])],
+     (["--ray", "--max-queue", "0"], ["max-queue"]), (["--ray", "--port", "0"], ["port"]),
+     (["--ray", "--", "cats"], ["cats"])],
 )  # fmt: skip
 def test_cli_ray_bad_flags(capsys, argv, words):
     from tests.test_cli import assert_one_line_error, run
