@@ -10,6 +10,7 @@ differs:
                  from_items(one row per shard still to make: shard, start, stop)
                    .map_batches(_ShardMaker, batch_size=1, compute=ActorPoolStrategy(size=N))
              and records each finished shard's digest in job.json as its row comes back
+             (a writer thread: shards that finish during a rewrite go into the next one)
     actors   N Ray actors, each loads the model once (a ctrlgan Generator: one per GPU when
              the backend is triton, else one per node by default with the node's CPUs as
              threads), and per row computes the shard's images and writes the shard itself
@@ -22,15 +23,17 @@ Failures. A killed driver leaves job.json listing the shards whose rows came bac
 command continues from those (a shard written but not yet recorded is made again, to the same
 bytes). An actor that dies is restarted by Ray and its shard retried (Ray Data's actor pools
 retry without limit); the shard is written atomically, so a retry replaces, never duplicates,
-and the driver records each shard once. An error inside an actor (a full disk) ends the job
-with that error; what was recorded stays.
+and the driver records each shard once. An error inside an actor (a full disk, a model that
+differs on a node) ends the job with that error, one line; what was recorded stays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -118,9 +121,10 @@ class _ShardMaker:
         from ctrlgan.runtime import jobs
 
         threads = min(threads, os.cpu_count() or 1)
-        self.g = ctrlgan.load(model, backend=backend, max_batch=max_batch, threads=threads)
-        if jobs._model_files(self.g, backend) != plan["model_files"]:
-            raise ArtifactError(model, "differs on this node from the model the job was made for")
+        with _carried():
+            self.g = ctrlgan.load(model, backend=backend, max_batch=max_batch, threads=threads)
+            if jobs._model_files(self.g, backend) != plan["model_files"]:
+                raise ArtifactError(model, "differs on this node from the job's model")
         self.plan, self.batch_size, self.out = plan, batch_size, Path(out)
 
     def __call__(self, batch: dict) -> dict:
@@ -128,7 +132,8 @@ class _ShardMaker:
 
         names, digests = [], []
         for k in batch["shard"].tolist():
-            digests.append(make_shard(self.g, self.plan, k, self.batch_size, self.out))
+            with _carried():
+                digests.append(make_shard(self.g, self.plan, k, self.batch_size, self.out))
             names.append(_name(self.plan, k))
         return {
             "shard": batch["shard"],
@@ -137,6 +142,37 @@ class _ShardMaker:
             "images": batch["stop"] - batch["start"],
             "pid": np.full(len(names), os.getpid()),
         }
+
+
+class ActorError(CtrlganError):
+    """An error ctrlgan raised on purpose inside a Ray actor (a model that differs on a node),
+    carried to the driver by its message; an actor's OSError (a full disk) travels as one too
+    (``errno``, ``filename``) and is raised on the driver as an OSError again. ctrlgan's errors
+    do not survive pickling, and Ray Data appends its retry advice to an error's arguments."""
+
+    def __init__(self, message: str, errno: int | None = None, filename: str | None = None):
+        super().__init__(message)
+        self.errno, self.filename = errno, filename
+
+    def __reduce__(self):
+        return (ActorError, (self.args[0], self.errno, self.filename))
+
+    def unwrapped(self) -> Exception:
+        """The error to raise on the driver: the first line of the message (ours are one)."""
+        message = str(self.args[0]).split("\n")[0]
+        if self.errno is not None:
+            return OSError(self.errno, message, self.filename)
+        return ActorError(message)
+
+
+@contextlib.contextmanager
+def _carried():
+    try:
+        yield
+    except CtrlganError as e:
+        raise ActorError(str(e)) from None
+    except OSError as e:
+        raise ActorError(e.strerror or str(e), e.errno, e.filename) from None
 
 
 def _name(plan: dict, k: int) -> str:
@@ -149,11 +185,16 @@ def _run_pipeline(ray, g, job, batch_size, backend, n, resources, threads, bar) 
     """The shards of job.todo made by an actor pool of n; each recorded as it comes back."""
     rows = [{"shard": k, "start": a, "stop": b} for k in job.todo for a, b in [job.span(k)]]
     context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars, context.print_on_execution_start
+    keys = ("enable_progress_bars", "print_on_execution_start", "raise_original_map_exception")
+    saved = {key: getattr(context, key) for key in keys}
     context.enable_progress_bars = context.print_on_execution_start = False
-    logger = logging.getLogger("ray.data")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # not its notes on disabled progress bars
+    context.raise_original_map_exception = True  # an ActorError, not UserCodeException
+    # Ray Data's console lines (its notes, an actor's traceback before we raise the error
+    # itself as one line) stay off the terminal; its log file in the Ray session keeps them.
+    consoles = [h for h in logging.getLogger("ray.data").handlers if getattr(h, "stream", None)]
+    levels = [h.level for h in consoles]
+    for h in consoles:
+        h.setLevel(logging.CRITICAL + 1)
     try:
         ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
         ds = ds.map_batches(
@@ -173,41 +214,95 @@ def _run_pipeline(ray, g, job, batch_size, backend, n, resources, threads, bar) 
         )
         expected = {job.name(k) for k in job.todo}
         recorded = {}
-        for row in _rows(ds):
-            name, digest = str(row["name"]), str(row["digest"])
-            if name not in expected:
-                raise RuntimeError(f"a Ray actor returned {name}, which is not a shard to make")
-            if recorded.setdefault(name, digest) != digest:  # a retry made other bytes
-                raise RuntimeError(f"{name} was made twice with different bytes")
-            job.record_shard(name, digest)
-            bar.update(int(row["images"]))
+        with _Recorder(job) as recorder:
+            for row in _rows(ds):
+                name, digest = str(row["name"]), str(row["digest"])
+                if name not in expected:
+                    raise RuntimeError(f"a Ray actor returned {name}, not a shard to make")
+                if recorded.setdefault(name, digest) != digest:  # a retry made other bytes
+                    raise RuntimeError(f"{name} was made twice with different bytes")
+                recorder.add(name, digest)
+                bar.update(int(row["images"]))
         missing = sorted(expected - set(recorded))
         if missing:
             raise RuntimeError(f"the Ray pipeline ended without {', '.join(missing[:3])}")
     finally:
-        context.enable_progress_bars, context.print_on_execution_start = saved
-        logger.setLevel(level)
+        for key, value in saved.items():
+            setattr(context, key, value)
+        for h, level in zip(consoles, levels, strict=True):
+            h.setLevel(level)
+
+
+class _Recorder:
+    """Records finished shards in job.json from a thread of its own, so that the pipeline's
+    rows never wait for a rewrite: shards that finish while job.json is being written go into
+    the next write together (a job of 100,000 shards rewrites ~9 MB each time, ~0.1 s). On
+    leaving, every added shard is written; a failed write (a full disk) is raised here."""
+
+    def __init__(self, job):
+        self.job = job
+        self.lock = threading.Lock()
+        self.dirty = threading.Condition(self.lock)
+        self.pending = False
+        self.closing = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, name="ctrlgan-job-json", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def add(self, name: str, digest: str) -> None:
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            self.job.add_shard(name, digest)
+            self.pending = True
+            self.dirty.notify()
+
+    def _write(self) -> None:
+        while True:
+            with self.lock:
+                while not self.pending and not self.closing:
+                    self.dirty.wait()
+                if not self.pending:
+                    return
+                data, self.pending = self.job.manifest_bytes(), False
+            try:
+                self.job.save(data)  # outside the lock: rows keep coming meanwhile
+            except BaseException as e:
+                with self.lock:
+                    self.error = e
+                return
+
+    def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.closing = True
+            self.dirty.notify()
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
 
 
 def _rows(ds):
-    """The pipeline's output rows; an error raised in an actor that ctrlgan raises on purpose
-    (or a failed write, an OSError naming the shard) comes out as itself."""
+    """The pipeline's output rows; an error an actor carried (ActorError) is raised as what
+    it was, one line."""
     try:
         yield from ds.iter_rows()
     except Exception as e:
-        cause = _cause(e)
+        cause = _carried_error(e)
         if cause is not None:
-            raise cause from None
+            raise cause.unwrapped() from None
         raise
 
 
-def _cause(error: BaseException):
-    """The first CtrlganError or OSError in ``error``'s chain (Ray wraps an actor's error in
-    RayTaskError, and Ray Data in UserCodeException)."""
+def _carried_error(error: BaseException) -> ActorError | None:
+    """The ActorError in ``error``'s chain (Ray wraps it in a RayTaskError, a subclass of
+    both, whose ``cause`` is the error itself)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, (CtrlganError, OSError)) and not _is_ray_error(error):
+        if isinstance(error, ActorError) and not _is_ray_error(error):
             return error
         error = getattr(error, "cause", None) or error.__cause__ or error.__context__
     return None

@@ -140,9 +140,20 @@ class Job:
     def record_shard(self, name: str, digest: str) -> None:
         """Note a finished shard in job.json (rewritten atomically, keys sorted: the file does
         not depend on the order in which shards finish)."""
+        self.add_shard(name, digest)
+        self.save(self.manifest_bytes())
+
+    def add_shard(self, name: str, digest: str) -> None:
+        """Note a finished shard in memory only; ``save`` writes it."""
         shards = dict(sorted({**self.record["shards"], name: digest}.items()))
         self.record.update(shards=shards, complete=len(shards) == self.plan["n_shards"])
-        _write_json(self.out / JOB_FILE, self.record)
+
+    def manifest_bytes(self) -> bytes:
+        """job.json's bytes as the record stands."""
+        return _json_bytes(self.record)
+
+    def save(self, data: bytes) -> None:
+        write_atomic(self.out / JOB_FILE, data)
 
     def result(self, seconds: float) -> JobResult:
         return JobResult(
@@ -460,4 +471,8 @@ def _remove_temporaries(out: Path) -> None:
 
 
 def _write_json(path: Path, record: dict) -> None:
-    write_atomic(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, _json_bytes(record))
+
+
+def _json_bytes(record: dict) -> bytes:
+    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()

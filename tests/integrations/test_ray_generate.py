@@ -243,6 +243,31 @@ def test_a_killed_driver_resumes_from_the_recorded_shards(ray_local, tmp_path, c
     assert tree(out) == local(spec)
 
 
+def test_an_actors_error_ends_the_job_as_one_line_and_keeps_what_was_recorded(
+    ray_local, tmp_path, capsys, model, g
+):
+    """A shard an actor cannot write (here a directory holds its name, as a full disk would
+    fail it): the CLI prints the actor's OSError, naming the shard, as one line; job.json
+    keeps the shards made, and the job completes once the obstacle is gone."""
+    out = tmp_path / "job"
+    run_job(g, SPEC, out, progress=False)
+    complete = tree(out)
+    (out / "shard_00002.npz").unlink()
+    (out / "shard_00002.npz").mkdir()
+    (out / "shard_00002.npz" / "x").write_text("in the way")
+    argv = ["generate", model, "--classes", "7,2,5", "--per-class", "7", "--seed", "100",
+            "--steer", "up=1.5", "--truncation", "1.8", "--shard-size", "4", "--out", str(out),
+            "--quiet", "--ray", "--actors", "1"]  # fmt: skip
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, "shard_00002.npz")
+    assert len(recorded(out)["shards"]) == 5 and not recorded(out)["complete"]
+    shutil.rmtree(out / "shard_00002.npz")
+    assert ray_jobs.generate(model, SPEC, out, actors=1, progress=False).written == [
+        "shard_00002.npz"
+    ]
+    assert tree(out) == complete
+
+
 def test_shards_read_back_with_ray_data(ray_local, tmp_path, g):
     """The reading recipes of docs/generate-at-scale.md for Ray Data: parquet rows with the
     PNG bytes, webdataset samples decoded to arrays."""
