@@ -1,11 +1,11 @@
 """The server on Ray Serve (ctrlgan/integrations/ray_serve.py), driven by the client tests of
 tests/serve: the same test functions, imported here, run against Ray Serve's HTTP proxy on
 127.0.0.1, in front of a 2-replica deployment (tritonclient.http JSON and binary, gzip and
-deflate bodies, errors, KServe's client; every image equal to in-process Generator.sample).
-Then: both replicas answered, and overload is 429 + Retry-After at both layers, the replica's
-batcher (JSON, as `ctrlgan serve`) and Ray's proxy (max_queued_requests).
+deflate bodies, errors, the API key, KServe's client; every image equal to in-process
+Generator.sample). Then: both replicas answered, and overload is 429 + Retry-After at both
+layers, the replica's batcher (JSON, as `ctrlgan serve`) and Ray's proxy.
 
-One Ray (tests/integrations/conftest.py) and one Serve instance for the module; the three
+One Ray (tests/integrations/conftest.py) and one Serve instance for the module; the four
 applications deploy once (about 15 s on 2 cores), each replica with a quarter of a CPU.
 """
 
@@ -23,12 +23,13 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from ctrlgan.errors import InvalidRequest
-from tests.serve.conftest import HOST, free_ports
+from tests.serve.conftest import HOST, KEY, free_ports
 
 # The client tests themselves and the fixtures they use, imported so that they run here too,
 # against the `server` and `busy_server` fixtures of this module (Ray Serve's URL).
 from tests.serve.test_clients import (  # noqa: F401
     expected,
+    test_auth_tritonclient_http,
     test_http_errors,
     test_http_health_and_metadata,
     test_http_infer,
@@ -36,6 +37,7 @@ from tests.serve.test_clients import (  # noqa: F401
     test_kserve_rest_client,
     th,
 )
+from tests.serve.test_limits import test_bearer_scheme_in_any_case  # noqa: F401
 from tests.serve.test_server import (  # noqa: F401
     test_queue_full_is_429_and_accepted_requests_are_exact,
     test_tiny_timeout_is_504,
@@ -59,7 +61,7 @@ class Endpoint:
 
 
 @pytest.fixture(scope="module")
-def ray_serve(ray_local):
+def ray_serve(ray_local, tmp_path_factory):
     """Serve's proxy on a free 127.0.0.1 port and three applications on it:
 
     /       2 replicas, max_images 100 (as tests/serve's `server`), deployed from the string
@@ -67,11 +69,14 @@ def ray_serve(ray_local):
     /busy   1 replica, max_queue 2, max_batch_size 1 and Ray's limits left at their defaults
             (as tests/serve's `busy_server`): overload is the batcher's 429
     /tight  1 replica, max_ongoing_requests 2, max_queued_requests 1: Ray's proxy answers 429
+    /auth   1 replica with an API key file (as tests/serve's `auth_server`)
     """
     from ray import serve
 
     from ctrlgan.integrations import ray_serve
 
+    key_file = tmp_path_factory.mktemp("ray_serve") / "key"
+    key_file.write_text(KEY + "\n")
     (port,) = free_ports(1)
     serve.start(http_options={"host": HOST, "port": port})
     url = f"http://{HOST}:{port}"
@@ -84,6 +89,8 @@ def ray_serve(ray_local):
                        "name": "busy", **REPLICA}),
             ("/tight", {"models": "digits", "max_ongoing_requests": "2",
                         "max_queued_requests": "1", "name": "tight", **REPLICA}),
+            ("/auth", {"models": "digits", "api_key_file": str(key_file), "name": "auth",
+                       **REPLICA}),
         ):  # fmt: skip
             name = prefix.strip("/") or "main"
             handle = serve.run(ray_serve.app(args), name=name, route_prefix=prefix)
@@ -101,6 +108,11 @@ def server(ray_serve):
 @pytest.fixture(scope="module")
 def busy_server(ray_serve):
     return ray_serve["busy"]
+
+
+@pytest.fixture(scope="module")
+def auth_server(ray_serve):
+    return ray_serve["auth"]
 
 
 @pytest.fixture(scope="module")
