@@ -172,6 +172,11 @@ if [[ -n "$(command -v nproc)" ]] && "$PY" -c "import xdist" >/dev/null 2>&1; th
     ((workers > 8)) && workers=8
     ((workers >= 2)) && pytest_args+=(-n "$workers")
 fi
+# torch's CPU work in the tests (training the tiny model, export, onnxruntime) takes every core
+# in every worker by default (8 workers x 16 threads on 16 cores; the fixtures took 160-180 s
+# per worker on an H200 machine so): each worker gets its share of the cores.
+test_threads=$(($(nproc 2>/dev/null || echo 2) / ${workers:-1}))
+((test_threads < 1)) && test_threads=1
 n_gpu_files=0
 while read -r verdict file module; do
     if [[ $verdict == run ]]; then
@@ -230,7 +235,8 @@ EOF
     elif [[ $n_gpu_files -eq 0 ]]; then
         skip_part "pytest" "no test file with gpu tests can be imported here"
     else
-        run_part "pytest" "$T_PYTEST" "$PY" -m pytest "${pytest_args[@]}" \
+        run_part "pytest" "$T_PYTEST" env OMP_NUM_THREADS="$test_threads" \
+            "$PY" -m pytest "${pytest_args[@]}" \
             --junitxml="$OUT/pytest-gpu.xml"
         "$PY" - "$OUT/pytest-gpu.xml" "$OUT/pytest-gpu.json" <<'EOF' 2>>"$LOG" || true
 import json, sys, xml.etree.ElementTree as ET

@@ -32,7 +32,10 @@ from ctrlgan.kernels.latent import (
 )
 
 
-@triton.jit(do_not_specialize=["B_BUCKET"])
+# B and B_BUCKET are not specialised: Triton would otherwise compile each config again for
+# B == 1 and for B divisible by 16 (three compiles per config; measured on an H200, 2026-11-29),
+# and B only bounds the row mask.
+@triton.jit(do_not_specialize=["B", "B_BUCKET"])
 def _first_layer_kernel(
     h_ptr,
     seed_a_ptr,

@@ -122,7 +122,7 @@ def seeds_to_int64(seeds) -> torch.Tensor:
 def noise(seeds: torch.Tensor, z_dim: int, truncation: float | None = None) -> torch.Tensor:
     """Noise rows z[b, j] = randn(seeds[b], j), optionally truncated: float32 [B, z_dim]."""
     seed = seeds.to(torch.int64).reshape(-1, 1)
-    offsets = torch.arange(z_dim, dtype=torch.int64).reshape(1, -1)
+    offsets = torch.arange(z_dim, dtype=torch.int64, device=seed.device).reshape(1, -1)
     z = randn(seed, offsets)
     if truncation is None:
         return z

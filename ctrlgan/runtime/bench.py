@@ -7,6 +7,9 @@ p50 / p90 / p99, and throughput as images / p50. Contenders:
 
     <backend>            Generator.sample through the public API (validation, noise, backend)
     onnxruntime raw      session.run on prepared feeds (what the runtime wraps)
+    triton raw           the triton backend on prepared rows (seeds, classes, controls), images
+                         left on the GPU: upload, fused prologue (noise from the seeds on the
+                         device), CUDA-graph replay; no request parsing, no float32 host copy
     torch raw            the generator module on prepared noise, under inference_mode
     torch.compile        torch.compile of that module (mode "reduce-overhead" on CUDA); skipped
                          with the reason where it does not work here
@@ -100,6 +103,12 @@ def _contenders(artifact, setup: _Setup, batch: int, notes: list[str]) -> dict:
         out["onnxruntime raw"] = (
             lambda r: be.feeds(ort.prepare(classes=classes, seeds=seeds(r))),
             lambda f: be.session.session.run([be.session.output], f),
+        )
+    tri = setup.gens.get("triton")
+    if tri is not None:
+        out["triton raw"] = (
+            lambda r: tri.prepare(classes=classes, seeds=seeds(r)),
+            tri._backend.on_device,
         )
     labels = torch.tensor(classes, device=device)
 

@@ -98,6 +98,14 @@ class TritonBackend:
         self._lock = threading.Lock()
 
     def __call__(self, rows: Rows) -> np.ndarray:
+        return self._run(rows, host=True)
+
+    def on_device(self, rows: Rows) -> torch.Tensor:
+        """The images as a float16 CUDA tensor [N, C, H, W] (a copy of the graph's output, the
+        stream synchronised): the work of ``__call__`` without the float32 host copy-out."""
+        return self._run(rows, host=False)
+
+    def _run(self, rows: Rows, host: bool):
         from ctrlgan.kernels import latent
 
         n = len(rows)
@@ -126,6 +134,10 @@ class TritonBackend:
             latent_buf = self.body.latent_buffer(n)
             latent.latent_prologue(out=latent_buf, out_dtype=latent_buf.dtype, **kw, **embed)
             image = self.body.run(n)  # a view of the static output: copied out before unlocking
+            if not host:
+                image = image.clone()
+                self.stream.synchronize()
+                return image
             return image.float().cpu().numpy()  # NCHW, contiguous; .cpu() waits for the stream
 
 

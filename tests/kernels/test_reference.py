@@ -73,3 +73,14 @@ def test_truncation_redraws_then_clamps():
     assert torch.equal(z[first_redraw], redrawn[first_redraw])
     # some values exhaust every redraw and are clamped to the bound
     assert (z.abs() == tau).any()
+
+
+def test_reference_prologue_stays_on_the_inputs_device():
+    """Every tensor the reference makes lives on its inputs' device (a CPU-made counter beside
+    CUDA seeds failed bench_kernels on an H200). The meta device checks that without a GPU."""
+    seeds = ref.seeds_to_int64([1, 2**63, 7]).to("meta")
+    assert ref.noise(seeds, 13).device.type == "meta"
+    z = ref.latent_prologue(
+        seed_a=seeds, z_dim=13, class_a=torch.tensor([0, 3, 9], device="meta"), n_classes=10
+    )
+    assert z.device.type == "meta" and z.shape == (3, 23)

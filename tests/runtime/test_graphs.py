@@ -170,3 +170,12 @@ def test_images_match_onnxruntime(triton, onnx_cpu, n):
     first = {"classes": req["classes"][:1], "seeds": req["seeds"][:1],
              "steer": {"up": req["steer"]["up"][:1]}}  # fmt: skip
     assert np.abs(g.sample(**first) - got[:1]).max() <= 1e-2
+
+
+@pytest.mark.gpu
+def test_on_device_images_are_the_host_images(triton):
+    rows = triton.prepare(**_request(np.random.default_rng(), 13))
+    images = triton._backend.on_device(rows)
+    assert images.is_cuda and images.dtype == torch.float16 and images.shape == (13, 1, 16, 16)
+    # the same bucket's graph on the same latent: the float32 host copy is these values
+    np.testing.assert_array_equal(images.float().cpu().numpy(), triton.run(rows))
