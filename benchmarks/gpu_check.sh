@@ -50,11 +50,12 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 cd "$REPO"
 
-# Seconds per part (sum 470 s, under the 8-minute budget with start-up and kill grace).
-T_ENV=20
-T_PYTEST=140
-T_KERNELS=100
-T_BENCH=210
+# Seconds per part (sum 470 s, under the 8-minute budget with start-up and kill grace); each
+# can be lowered to fit a shorter lease, e.g. GPU_CHECK_T_BENCH=90.
+T_ENV=${GPU_CHECK_T_ENV:-20}
+T_PYTEST=${GPU_CHECK_T_PYTEST:-140}
+T_KERNELS=${GPU_CHECK_T_KERNELS:-100}
+T_BENCH=${GPU_CHECK_T_BENCH:-210}
 
 declare -a NAMES=() STATES=() SECONDS_USED=()
 
