@@ -185,6 +185,8 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
     try:
         import ray
         from ray import serve
+        from ray.exceptions import RayError
+        from ray.serve.exceptions import RayServeException
 
         from ctrlgan.integrations import ray_serve
     except ImportError as e:
@@ -215,8 +217,12 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
                     "ray", f"cannot connect to Ray at {address}: {summary(e)}"
                 ) from None
             started = True
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(application, name=ray_serve.DEFAULT_NAME, route_prefix="/")
+        try:
+            serve.start(http_options={"host": args.host, "port": args.port})
+            serve.run(application, name=ray_serve.DEFAULT_NAME, route_prefix="/")
+        except (RuntimeError, ValueError, TimeoutError, RayError, RayServeException) as e:
+            # e.g. a replica that cannot load its model, or "/" taken by another application
+            raise InvalidRequest("ray", f"the deployment failed: {summary(e)}") from None
         # ours after Ray's: ray.init installs a handler that aborts the process on SIGTERM
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())

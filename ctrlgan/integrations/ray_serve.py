@@ -2,7 +2,8 @@
 
     serve run ctrlgan.integrations.ray_serve:app                       # mnist, one replica
     serve run ctrlgan.integrations.ray_serve:app models=mnist,digits replicas=4
-    ctrlgan serve --ray --replicas 2 mnist                             # the same, from our CLI
+    ctrlgan serve mnist --ray --replicas 2                             # our CLI (--ray ADDRESS:
+                                                                       # join a cluster)
 
     from ctrlgan.integrations import ray_serve                         # or from Python
     serve.run(ray_serve.build(["mnist"], replicas=2))

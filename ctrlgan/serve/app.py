@@ -15,6 +15,9 @@ Routes (OIP v2 for programs, /v1 for people and pages):
     POST /v1/models/{m}/sample                 JSON in, JSON out (base64 PNGs or uint8 lists)
     GET  /openapi.json | /metrics
 
+Paths are routed below the ASGI ``root_path``: mounted under a prefix (Ray Serve's
+route_prefix, ctrlgan/integrations/ray_serve.py), the API answers there.
+
 Every error is ``{"error": "<message naming the field>"}`` with its status: 400 invalid, 401
 auth, 404 unknown model or path, 405 method, 413 too large, 415 encoding, 429 (+ Retry-After)
 queue full, 503 not ready or draining, 504 queue timeout; 500 is a bug, logged here and

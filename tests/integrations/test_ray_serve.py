@@ -12,6 +12,7 @@ applications deploy once (about 15 s on 2 cores), each replica with a quarter of
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sys
 from collections import Counter
@@ -237,6 +238,15 @@ def test_cli_ray_without_ray_is_one_line_naming_the_extra(capsys, monkeypatch):
     assert_one_line_error(code, err, "ctrlgan serve: error:", "ctrlgan[ray]")
 
 
+def test_cli_help_names_ray(capsys):
+    from tests.test_cli import run
+
+    code, out, _ = run(capsys, "serve", "--help")
+    assert code == 0
+    for word in ("--ray", "--replicas", "ctrlgan[ray]", "ADDRESS"):
+        assert word in out
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [(["--ray", "--replicas", "0"], ["replicas"]), (["--replicas", "2"], ["replicas", "--ray"]),
@@ -248,3 +258,42 @@ def test_cli_ray_bad_flags(capsys, argv, words):
 
     code, _, err = run(capsys, "serve", *argv)
     assert_one_line_error(code, err, "ctrlgan serve: error:", *words)
+
+
+def test_cli_serves_on_its_own_ray_and_drains_on_sigterm(tmp_path, generator):
+    """`ctrlgan serve digits --ray`: a local Ray of its own, the API on the given
+    127.0.0.1 port (images exact), then SIGTERM: the application is deleted, Ray stops, exit 0.
+    (Ray's own handler would abort the process on SIGTERM: ours is installed after it.)"""
+    import signal
+    import subprocess
+    import time
+
+    from tests.serve.conftest import ROOT
+
+    (port,) = free_ports(1)
+    log = tmp_path / "serve.log"
+    argv = [sys.executable, "-m", "ctrlgan", "serve", "digits", "--ray", "--replicas", "1",
+            "--backend", "onnxruntime", "--host", HOST, "--port", str(port), "--threads", "1",
+            "--drain-timeout", "10"]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while b"SIGTERM drains" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert f"http://{HOST}:{port}/v2" in log.read_text()
+        with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=WAIT) as client:
+            assert client.get("/v2/health/ready").json() == {"ready": True}
+            r = client.post(INFER, json=infer_body([4, 8], [3, 2**64 - 1]))
+            want = generator.sample([4, 8], [3, 2**64 - 1], output="uint8")
+            np.testing.assert_array_equal(output(r.json(), "image_uint8"), want)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+        with pytest.raises(httpx.ConnectError):  # Ray's proxy went with it
+            httpx.get(f"http://{HOST}:{port}/v2", timeout=5.0)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
