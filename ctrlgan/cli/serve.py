@@ -230,8 +230,13 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
         plural = "s" if replicas > 1 else ""
         announce(f"ctrlgan serve: models {', '.join(args.models)} on Ray Serve "
                  f"({replicas} replica{plural}, Ray at {address})")  # fmt: skip
-        announce(f"  HTTP  http://{host}:{args.port}/v2  (/v1/models, /openapi.json; the Ray "
-                 "proxy of every node)")  # fmt: skip
+        if _proxy_answers(args.host, args.port):
+            announce(f"  HTTP  http://{host}:{args.port}/v2  (/v1/models, /openapi.json; the "
+                     "Ray proxy of every node)")  # fmt: skip
+        else:  # Serve already ran on this cluster: its HTTP options stay as they were
+            announce(f"  HTTP  on the port Ray Serve already listens on in this cluster, not "
+                     f"{args.port} (see `serve status`)")  # fmt: skip
+        announce("  gRPC  not served on Ray (HTTP only)")
         announce("  Ctrl-C or SIGTERM drains and stops")
         sys.stdout.flush()
         while not stop.wait(0.5):
@@ -246,6 +251,20 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
             _bounded(serve.shutdown, 10.0)
             ray.shutdown()
     return 0 if drained else 1
+
+
+def _proxy_answers(host: str, port: int) -> bool:
+    """Whether Ray's proxy answers on (host, port) (its /-/routes)."""
+    import urllib.request
+
+    near = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    near = f"[{near}]" if ":" in near else near
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no $http_proxy
+        opener.open(f"http://{near}:{port}/-/routes", timeout=5.0).close()
+    except OSError:
+        return False
+    return True
 
 
 def _bounded(work, seconds: float) -> bool:
