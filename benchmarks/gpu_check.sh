@@ -9,12 +9,13 @@
 #
 #   env           versions, the device, missing Python modules, which host noise serves
 #                 (the C extension ctrlgan._philox or its torch fallback)   -> environment.json
-#   pytest        pytest -m gpu: the compiled kernels and the triton backend against their
-#                 references                                               -> pytest-gpu.xml/.json
+#   pytest        pytest -m gpu (pytest-xdist workers where installed): the compiled kernels
+#                 and the triton backend against their references       -> pytest-gpu.xml/.json
 #   kernels       benchmarks/bench_kernels.py (fused prologue / first layer vs eager torch and
 #                 torch.compile; B = 1 .. 256k)                            -> kernels.json
 #   bench         ctrlgan bench --backends triton at B = 1, 8, 64, 512, 4096, 65536:
-#                 Generator.sample on the triton backend vs the eager torch module ("torch raw")
+#                 Generator.sample on the triton backend, the backend on prepared rows with the
+#                 images left on the GPU ("triton raw"), the eager torch module ("torch raw")
 #                 and torch.compile(mode="reduce-overhead") of it; p50/p90/p99, images/s
 #                                                                          -> runtime.json
 #
@@ -54,8 +55,8 @@ cd "$REPO"
 # can be lowered to fit a shorter lease, e.g. GPU_CHECK_T_BENCH=90.
 T_ENV=${GPU_CHECK_T_ENV:-20}
 T_PYTEST=${GPU_CHECK_T_PYTEST:-140}
-T_KERNELS=${GPU_CHECK_T_KERNELS:-100}
-T_BENCH=${GPU_CHECK_T_BENCH:-210}
+T_KERNELS=${GPU_CHECK_T_KERNELS:-130}
+T_BENCH=${GPU_CHECK_T_BENCH:-180}
 
 declare -a NAMES=() STATES=() SECONDS_USED=()
 

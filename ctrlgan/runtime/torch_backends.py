@@ -102,8 +102,14 @@ class TritonBackend:
 
     def on_device(self, rows: Rows) -> torch.Tensor:
         """The images as a float16 CUDA tensor [N, C, H, W] (a copy of the graph's output, the
-        stream synchronised): the work of ``__call__`` without the float32 host copy-out."""
-        return self._run(rows, host=False)
+        stream synchronised): the work of ``__call__`` without the float32 host copy-out. Rows
+        beyond the largest bucket run in chunks of it, as ``Generator.run`` does for a call."""
+        n, chunk = len(rows), self.chunk
+        if n <= chunk:
+            return self._run(rows, host=False)
+        return torch.cat(
+            [self._run(rows.slice(i, min(i + chunk, n)), host=False) for i in range(0, n, chunk)]
+        )
 
     def _run(self, rows: Rows, host: bool):
         from ctrlgan.kernels import latent

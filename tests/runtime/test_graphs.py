@@ -179,3 +179,15 @@ def test_on_device_images_are_the_host_images(triton):
     assert images.is_cuda and images.dtype == torch.float16 and images.shape == (13, 1, 16, 16)
     # the same bucket's graph on the same latent: the float32 host copy is these values
     np.testing.assert_array_equal(images.float().cpu().numpy(), triton.run(rows))
+
+
+@pytest.mark.gpu
+def test_on_device_runs_more_rows_than_the_largest_bucket_in_chunks(triton, onnx_cpu):
+    # 233 rows (prepared by a generator whose batch limit allows them) against the 100-row
+    # backend: chunks of 100, 100 and 33 (a bench at 65536 rows against the 16384-row backend
+    # failed on an H200 before on_device chunked)
+    rows = onnx_cpu.prepare(**_request(np.random.default_rng(), 233))
+    images = triton._backend.on_device(rows)
+    assert images.shape == (233, 1, 16, 16)
+    chunks = [triton.run(rows.slice(i, min(i + MAX_BATCH, 233))) for i in range(0, 233, MAX_BATCH)]
+    np.testing.assert_array_equal(images.float().cpu().numpy(), np.concatenate(chunks))
