@@ -49,6 +49,7 @@ from ray.serve.config import BackpressureConfig
 from ctrlgan import validate
 from ctrlgan.artifact import DEFAULT_MODEL
 from ctrlgan.errors import InvalidRequest
+from ctrlgan.runtime.batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_DELAY_MS, DEFAULT_MAX_QUEUE
 from ctrlgan.serve.app import DEFAULT_MAX_BODY, DEFAULT_MAX_IMAGES, DEFAULT_TIMEOUT, RETRY_AFTER
 
 DEFAULT_NAME = "ctrlgan"
@@ -59,9 +60,9 @@ MIN_ONGOING = 1024
 # the create_app options a replica is built with, and their defaults (those of `ctrlgan serve`)
 APP_OPTIONS = {
     "backend": "auto",
-    "max_batch_size": 64,
-    "max_delay_ms": 0.0,
-    "max_queue": 1024,
+    "max_batch_size": DEFAULT_MAX_BATCH_SIZE,
+    "max_delay_ms": DEFAULT_MAX_DELAY_MS,
+    "max_queue": DEFAULT_MAX_QUEUE,
     "max_images": DEFAULT_MAX_IMAGES,
     "max_body_bytes": DEFAULT_MAX_BODY,
     "request_timeout": DEFAULT_TIMEOUT,
@@ -120,10 +121,10 @@ def build(
     ``max_ongoing_requests``: requests one replica takes at a time (default: 1024, or
     max_queue + max_batch_size if more); ``max_queued_requests``: requests each proxy holds
     while every replica has that many (default: max_ongoing_requests), beyond which the proxy
-    answers 429; ``drain_timeout``: seconds a
-    stopping replica waits for its requests (Ray's graceful_shutdown_timeout_s). Everything
-    is checked here,
-    before anything is deployed: InvalidRequest names the field."""
+    answers 429; ``drain_timeout``: seconds a stopping replica waits for its requests (Ray's
+    graceful_shutdown_timeout_s). Everything is checked here, before anything is deployed:
+    InvalidRequest names the field. An API key travels to the replicas with the deployment's
+    arguments (stored by Ray's control plane)."""
     if isinstance(models, str):
         models = [m for m in models.split(",") if m]
     models = list(models)
