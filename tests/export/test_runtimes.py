@@ -3,8 +3,9 @@ runs in other ONNX runtimes than onnxruntime (OpenVINO, tract) at batch 1, 7 and
 load, and matches the torch model: 1e-4 for generator.onnx, 2e-2 for generator.fp16.onnx.
 
 A graph a runtime cannot load fails here with that runtime's own message. onnx2torch, the
-fourth runtime the portability issue names, is not here yet: its wheel pulls a CUDA torchvision
-that cannot import beside the CPU torch (README, "Environment").
+fourth runtime the portability issue names, is not here: it imports torchvision, and the only
+torchvision for this torch on the package indexes is a CUDA build that cannot import beside the
+CPU torch (docs/onnx.md).
 
 OpenVINO's CPU plugin computes in bfloat16 by default on CPUs that have it (the errors are then
 ~0.03 on fp32 graphs); ``INFERENCE_PRECISION_HINT: f32`` asks for what the graph says.
