@@ -62,6 +62,10 @@ def add_parsers(sub) -> None:
     )  # fmt: skip
     s.add_argument("--replicas", type=int, default=None, help="with --ray: copies of the server "
                    "(default 1)")  # fmt: skip
+    s.add_argument("--num-cpus", type=float, default=None, help="with --ray: CPUs Ray reserves "
+                   "for each replica (default 1; also its onnxruntime threads)")  # fmt: skip
+    s.add_argument("--num-gpus", type=float, default=None, help="with --ray: GPUs for each "
+                   "replica (default 0; e.g. 1 or 0.5 with --backend triton)")  # fmt: skip
     s.set_defaults(func=run)
 
     p = options.command(
@@ -149,8 +153,9 @@ def run(args: argparse.Namespace, announce=print) -> int:
     validate.integer(args.max_images, "max-images", 1, validate.MAX_BATCH)
     validate.threads(args.threads, "threads")
     on_ray = getattr(args, "ray", None) is not None
-    if args.replicas is not None and not on_ray:
-        raise InvalidRequest("replicas", "only with --ray")
+    for name in ("replicas", "num_cpus", "num_gpus"):
+        if getattr(args, name, None) is not None and not on_ray:
+            raise InvalidRequest(name.replace("_", "-"), "only with --ray")
     replicas = validate.integer(1 if args.replicas is None else args.replicas, "replicas", 1,
                                 4096)  # fmt: skip
     key = api_key(args.api_key_file)
@@ -180,6 +185,7 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
     import signal
     import threading
 
+    from ctrlgan import validate
     from ctrlgan.errors import summary
 
     try:
@@ -196,8 +202,13 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
 
     for model in args.models:
         resolve(model)
+    resources = {"num_cpus": 1.0 if args.num_cpus is None else args.num_cpus,
+                 "num_gpus": 0.0 if args.num_gpus is None else args.num_gpus}  # fmt: skip
+    validate.real(resources["num_cpus"], "num-cpus", 0.0, 1024.0)
+    validate.real(resources["num_gpus"], "num-gpus", 0.0, 64.0)
     application = ray_serve.build(
-        args.models, replicas=replicas, backend=args.backend, max_batch_size=args.max_batch_size,
+        args.models, replicas=replicas, **resources, backend=args.backend,
+        max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms, max_queue=args.max_queue, max_images=args.max_images,
         max_body_bytes=int(args.max_body_mb * (1 << 20)), request_timeout=args.request_timeout,
         api_key=key, access_log=args.access_log, threads=args.threads or None,

@@ -251,7 +251,9 @@ def test_cli_help_names_ray(capsys):
     "argv, words",
     [(["--ray", "--replicas", "0"], ["replicas"]), (["--replicas", "2"], ["replicas", "--ray"]),
      (["--ray", "--max-queue", "0"], ["max-queue"]), (["--ray", "--port", "0"], ["port"]),
-     (["--ray", "--", "cats"], ["cats"])],
+     (["--ray", "--", "cats"], ["cats"]), (["--num-gpus", "1"], ["num-gpus", "--ray"]),
+     (["--ray", "--num-cpus", "-1"], ["num-cpus"]), (["--ray", "--num-gpus", "100"],
+                                                     ["num-gpus"])],
 )  # fmt: skip
 def test_cli_ray_bad_flags(capsys, argv, words):
     from tests.test_cli import assert_one_line_error, run
