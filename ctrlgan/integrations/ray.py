@@ -30,6 +30,7 @@ differs on a node) ends the job with that error, one line; what was recorded sta
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -184,6 +185,7 @@ def _name(plan: dict, k: int) -> str:
 def _run_pipeline(ray, g, job, batch_size, backend, n, resources, threads, bar) -> None:
     """The shards of job.todo made by an actor pool of n; each recorded as it comes back."""
     rows = [{"shard": k, "start": a, "stop": b} for k in job.todo for a, b in [job.span(k)]]
+    n = min(n, len(rows))  # no actor without a shard to make
     context = ray.data.DataContext.get_current()
     keys = ("enable_progress_bars", "print_on_execution_start", "raise_original_map_exception")
     saved = {key: getattr(context, key) for key in keys}
@@ -286,14 +288,21 @@ class _Recorder:
 
 def _rows(ds):
     """The pipeline's output rows; an error an actor carried (ActorError) is raised as what
-    it was, one line."""
+    it was, one line, holding no reference to the pipeline: Ray Data releases a failed
+    pipeline's actors (and their CPUs or GPUs) only once nothing refers to it any more."""
+    rows = ds.iter_rows()
+    carried = None
     try:
-        yield from ds.iter_rows()
+        yield from rows
     except Exception as e:
-        cause = _carried_error(e)
-        if cause is not None:
-            raise cause.unwrapped() from None
-        raise
+        carried = _carried_error(e)
+        if carried is None:
+            raise
+    if carried is not None:
+        error = carried.unwrapped()
+        del rows, carried
+        gc.collect()  # the failed executor and its actors, kept alive by reference cycles
+        raise error
 
 
 def _carried_error(error: BaseException) -> ActorError | None:

@@ -75,6 +75,34 @@ def test_parquet_rows_read_with_pandas_and_pyarrow(tmp_path, g):
     assert meta.num_row_groups == 1 and meta.num_rows == 6
 
 
+def test_parquet_shards_load_in_a_torch_dataloader(tmp_path, g):
+    """The map-style Dataset of docs/generate-at-scale.md over every shard of a job."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+
+    class ParquetImages(torch.utils.data.Dataset):
+        def __init__(self, paths):
+            self.table = pa.concat_tables(pq.read_table(p, columns=["png", "label"]) for p in paths)
+
+        def __len__(self):
+            return self.table.num_rows
+
+        def __getitem__(self, i):
+            png = self.table["png"][i].as_py()
+            image = np.asarray(Image.open(io.BytesIO(png))).copy()
+            return torch.from_numpy(image), self.table["label"][i].as_py()
+
+    spec = JobSpec(classes=[2, 9], per_class=3, seed=40, format="parquet", shard_size=4)
+    run_job(g, spec, tmp_path, progress=False)
+    dataset = ParquetImages(sorted(tmp_path.glob("*.parquet")))
+    images, labels = zip(*torch.utils.data.DataLoader(dataset, batch_size=4), strict=True)
+    assert torch.cat(labels).tolist() == [2, 2, 2, 9, 9, 9]
+    expected = g.sample([2, 2, 2, 9, 9, 9], range(40, 46), output="uint8")[..., 0]
+    np.testing.assert_array_equal(torch.cat(images).numpy(), expected)
+
+
 def test_webdataset_tar_is_deterministic_and_loads_in_a_torch_dataloader(tmp_path, g):
     import torch
     from PIL import Image
