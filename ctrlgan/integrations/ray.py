@@ -121,16 +121,24 @@ class _ShardMaker:
         import ctrlgan
         from ctrlgan.runtime import jobs
 
-        threads = min(threads, os.cpu_count() or 1)
-        with _carried():
-            self.g = ctrlgan.load(model, backend=backend, max_batch=max_batch, threads=threads)
-            if jobs._model_files(self.g, backend) != plan["model_files"]:
-                raise ArtifactError(model, "differs on this node from the job's model")
         self.plan, self.batch_size, self.out = plan, batch_size, Path(out)
+        # A failure here is raised by the first call instead: Ray reports an error in an
+        # actor's constructor only as text, and a call's error as the error itself.
+        self.error = None
+        threads = min(threads, os.cpu_count() or 1)
+        try:
+            with _carried():
+                self.g = ctrlgan.load(model, backend=backend, max_batch=max_batch, threads=threads)
+                if jobs._model_files(self.g, backend) != plan["model_files"]:
+                    raise ArtifactError(model, "differs on this node from the job's model")
+        except ActorError as e:
+            self.error = e
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
+        if self.error is not None:
+            raise self.error
         names, digests = [], []
         for k in batch["shard"].tolist():
             with _carried():

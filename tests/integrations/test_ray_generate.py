@@ -183,7 +183,27 @@ def test_actors_beyond_the_cluster_are_refused(ray_local, tmp_path, capsys, mode
     for actors, words in (("3", ["actors", "3 actors", "has 2"]), ("0", ["actors", "1.."])):
         code, _, err = run(capsys, *argv, actors)
         assert_one_line_error(code, err, *words)
+    if not ray_local.cluster_resources().get("GPU"):  # the triton backend's actors need GPUs
+        code, _, err = run(capsys, *argv, "1", "--backend", "triton")
+        assert_one_line_error(code, err, "triton needs GPUs", "the Ray cluster has none")
     assert not out.exists()
+
+
+def test_a_model_that_differs_where_the_actors_load_it_is_one_error(ray_local, tmp_path, model):
+    """The actors check the model they load against job.json: here its weights change after
+    the driver loaded and described it. The actor's ArtifactError reaches the driver as one
+    error naming the file, and no shard is made."""
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    g = ctrlgan.load(str(copy))
+    weights = copy / "generator.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ray_jobs.ActorError, match=r"generator.safetensors: checksum mismatch"):
+        ray_jobs.generate(g, SPEC, tmp_path / "job", actors=1, progress=False)
+    assert recorded(tmp_path / "job")["shards"] == {}
+    assert sorted(p.name for p in (tmp_path / "job").iterdir()) == ["job.json"]
 
 
 def test_one_actor_makes_the_local_jobs_bytes(ray_local, tmp_path, model, local):
