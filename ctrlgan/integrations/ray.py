@@ -370,25 +370,36 @@ def _check_reachable(address: str) -> None:
 
 
 def _actor_pool(ray, backend: str, actors: int | None) -> tuple[int, dict, int]:
-    """The pool's size, each actor's Ray resources and its generator's threads."""
+    """The pool's size, each actor's Ray resources and its generator's threads.
+
+    triton: one actor per GPU by default. More actors than GPUs share them, k = ceil(actors /
+    GPUs) to a GPU with 1/k of it each: a shard's PNG encoding (0.1-0.2 ms an image on one
+    core, benchmarks/README.md) then runs on k cores per GPU. Other backends: one actor per
+    node by default, each with an equal share of the CPUs (one that packs onto the nodes) as
+    its threads."""
     resources = ray.cluster_resources()
+    total = int(resources.get("CPU", 0))
     if backend == "triton":
         gpus = int(resources.get("GPU", 0))
         if gpus < 1:
             raise BackendUnavailable("backend triton needs GPUs, and the Ray cluster has none")
         n = actors or gpus
-        if n > gpus:
+        if n > gpus and n > total:
             raise InvalidRequest(
-                "actors", f"{n} actors of one GPU each, and the cluster has {gpus}"
+                "actors",
+                f"{n} actors sharing {gpus} GPU(s) need a CPU each; the cluster has {total}",
             )
-        return n, {"num_gpus": 1, "num_cpus": 1}, 1
+        share = 1 / -(-n // gpus)
+        return n, {"num_gpus": share, "num_cpus": 1 if total >= n else 0}, 1
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     node_cpus = [int(node["Resources"].get("CPU", 0)) for node in nodes]
-    total = int(resources.get("CPU", 0))
     if total < 1:
         raise BackendUnavailable("the Ray cluster has no CPUs for generator actors")
     n = actors or max(1, sum(1 for c in node_cpus if c > 0))
     if n > total:
         raise InvalidRequest("actors", f"{n} actors of a CPU each; the cluster has {total}")
-    cpus = max(1, min(total // n, max(node_cpus)))
+    # Equal shares that pack onto the nodes: ceil(n / nodes) actors on the smallest one.
+    sizes = [c for c in node_cpus if c > 0]
+    per_node = -(-n // len(sizes))
+    cpus = max(1, min(total // n, min(sizes) // per_node))
     return n, {"num_cpus": cpus}, cpus

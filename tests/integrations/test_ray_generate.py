@@ -174,6 +174,38 @@ def test_no_module_imports_ray_at_module_level():
     assert checked > 20 and (package / "integrations" / "ray.py").exists()
 
 
+class Cluster:
+    """What _actor_pool reads of a Ray cluster: its resources and its nodes."""
+
+    def __init__(self, cpus: list[int], gpus: int = 0):
+        self.cpus, self.gpus = cpus, gpus
+
+    def cluster_resources(self):
+        return {"CPU": float(sum(self.cpus)), **({"GPU": float(self.gpus)} if self.gpus else {})}
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": float(c)}} for c in self.cpus]
+
+
+def test_the_actor_pool_fits_the_cluster():
+    pool = ray_jobs._actor_pool
+    # CPU backends: one actor per node, the node's CPUs as threads; or N actors sharing them.
+    assert pool(Cluster([8, 8]), "onnxruntime", None) == (2, {"num_cpus": 8}, 8)
+    assert pool(Cluster([2]), "torch", 2) == (2, {"num_cpus": 1}, 1)
+    assert pool(Cluster([8, 8]), "torch", 3) == (3, {"num_cpus": 4}, 4)  # 2 + 1 fit; 5 + 5 not
+    assert pool(Cluster([8, 2]), "torch", 10) == (10, {"num_cpus": 1}, 1)
+    # triton: one actor per GPU, or k actors to a GPU with 1/k of it and a core each.
+    assert pool(Cluster([16, 16], gpus=8), "triton", None) == (8, {"num_gpus": 1, "num_cpus": 1}, 1)
+    assert pool(Cluster([16], gpus=4), "triton", 8) == (8, {"num_gpus": 0.5, "num_cpus": 1}, 1)
+    assert pool(Cluster([16], gpus=4), "triton", 9)[1]["num_gpus"] == pytest.approx(1 / 3)
+    with pytest.raises(ctrlgan.errors.InvalidRequest, match="actors: 17 actors sharing 4 GPU"):
+        pool(Cluster([16], gpus=4), "triton", 17)
+    with pytest.raises(ctrlgan.errors.BackendUnavailable, match="triton needs GPUs"):
+        pool(Cluster([16]), "triton", None)
+    with pytest.raises(ctrlgan.errors.InvalidRequest, match="actors: 3 actors of a CPU each"):
+        pool(Cluster([2]), "torch", 3)
+
+
 # On Ray -----------------------------------------------------------------------------------
 
 
