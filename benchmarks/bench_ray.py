@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ray.py                       # mnist, 20,000 images, npz
     python benchmarks/bench_ray.py --per-class 500 --rounds 1 --no-save
+    python benchmarks/bench_ray.py --backend triton --actors 1,8,16   # on a GPU node
 
 Measured, side by side in one run (same model, backend, job and machine):
 
@@ -148,8 +149,7 @@ def main(argv=None) -> int:
             for n in actor_counts:
                 out = work / f"ray{n}-{r}"
                 # one image per actor: each actor starts and makes one shard
-                tiny = JobSpec(classes=list(range(n)), per_class=1, shard_size=1,
-                               format=args.format)  # fmt: skip
+                tiny = JobSpec(classes=[0], per_class=n, shard_size=1, format=args.format)
                 fixed[n].append(timed(lambda n=n, r=r, tiny=tiny: ray_jobs.generate(
                     g, tiny, work / f"tiny{n}-{r}", actors=n, progress=False)))  # fmt: skip
                 times[n].append(timed(lambda n=n, out=out: ray_jobs.generate(
