@@ -13,11 +13,13 @@ differs:
              (a writer thread: shards that finish during a rewrite go into the next one)
     actors   N Ray actors, each loads the model once (a ctrlgan Generator: one per GPU when
              the backend is triton, else one per node by default with the node's CPUs as
-             threads), and per row computes the shard's images and writes the shard itself
-             (jobs.make_shard: a temporary name, fsync, rename)
+             threads; see _actor_pool), and per row computes the shard's images and writes
+             the shard itself (jobs.make_shard: a temporary name, fsync, rename)
 
-OUT must therefore be a directory every actor can write at the same path (one machine, or a
-file system shared by the nodes), and the model a bundled name or a path every node can read.
+A task makes one shard, or several in jobs of more than MAX_BLOCKS shards; its rows come back
+when it ends. Actors write the shards, so OUT must be a directory every actor can write at the
+same path (one machine, or a file system shared by the nodes), and the model a bundled name or
+a path every node can read.
 
 Failures. A killed driver leaves job.json listing the shards whose rows came back; the same
 command continues from those (a shard written but not yet recorded is made again, to the same
@@ -43,7 +45,7 @@ from ctrlgan.errors import ArtifactError, BackendUnavailable, CtrlganError, Inva
 from ctrlgan.runtime.jobs import JobResult, JobSpec, make_shard, open_job, progress_bar
 
 EXTRA = "ctrlgan[ray]"
-MAX_BLOCKS = 4096  # rows (shards) per block beyond this many shards are grouped
+MAX_BLOCKS = 4096  # blocks (tasks) at most: beyond as many shards, a task makes several
 CONNECT_TIMEOUT_S = 5.0
 
 
