@@ -42,7 +42,14 @@ from pathlib import Path
 
 from ctrlgan import validate
 from ctrlgan.errors import ArtifactError, BackendUnavailable, CtrlganError, InvalidRequest
-from ctrlgan.runtime.jobs import JobResult, JobSpec, make_shard, open_job, progress_bar
+from ctrlgan.runtime.jobs import (
+    JobResult,
+    JobSpec,
+    describe,
+    make_shard,
+    open_job,
+    progress_bar,
+)
 
 EXTRA = "ctrlgan[ray]"
 MAX_BLOCKS = 4096  # blocks (tasks) at most: beyond as many shards, a task makes several
@@ -104,6 +111,7 @@ def generate(
     g, backend = load(model, backend)
     if actors is not None:
         actors = validate.integer(actors, "actors", 1, 100_000)
+    describe(g, spec, backend)  # a bad job is refused before Ray starts
     started = _connect(ray, address)
     try:
         n, resources, threads = _actor_pool(ray, backend, actors)

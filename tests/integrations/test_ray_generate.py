@@ -139,6 +139,10 @@ def test_other_bad_arguments_are_one_line(tmp_path, capsys, model):
     assert_one_line_error(code, err, "--format", "hdf5")
     code, _, err = run(capsys, *base, "--ray", "--actors", "x")
     assert_one_line_error(code, err, "--actors")
+    code, _, err = run(capsys, *base, "--ray", "--steer", "nope=1")  # before Ray starts
+    assert_one_line_error(code, err, "steer", "nope")
+    code, _, err = run(capsys, *base, "--ray", "--shard-size", "0")
+    assert_one_line_error(code, err, "shard_size")
     assert not os.path.exists(out)
 
 
