@@ -43,6 +43,7 @@ from pathlib import Path
 from ctrlgan import validate
 from ctrlgan.errors import ArtifactError, BackendUnavailable, CtrlganError, InvalidRequest
 from ctrlgan.runtime.jobs import (
+    JOB_FILE,
     JobResult,
     JobSpec,
     describe,
@@ -112,6 +113,10 @@ def generate(
     if actors is not None:
         actors = validate.integer(actors, "actors", 1, 100_000)
     describe(g, spec, backend)  # a bad job is refused before Ray starts
+    if (Path(out_dir) / JOB_FILE).exists():  # a finished job is verified without Ray
+        with open_job(g, spec, out_dir, backend=backend) as job:
+            if not job.todo:
+                return job.result(time.perf_counter() - t0)
     started = _connect(ray, address)
     try:
         n, resources, threads = _actor_pool(ray, backend, actors)
@@ -353,7 +358,7 @@ def _connect(ray, address: str | None) -> bool:
         _check_reachable(address)
     local = {"include_dashboard": False} if address == "local" else {}
     try:
-        ray.init(address=address, logging_level=logging.WARNING, **local)
+        ray.init(address=address, logging_level=logging.ERROR, **local)
     except (ConnectionError, RuntimeError, ValueError) as e:
         from ctrlgan.errors import summary
 
