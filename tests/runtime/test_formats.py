@@ -73,6 +73,11 @@ def test_parquet_rows_read_with_pandas_and_pyarrow(tmp_path, g):
     np.testing.assert_array_equal(images, expected)
     meta = pq.ParquetFile(path).metadata  # one row group, as written
     assert meta.num_row_groups == 1 and meta.num_rows == 6
+    # A job of several shards, read whole as docs/generate-at-scale.md shows.
+    run_job(g, JobSpec([5], 7, seed=1, format="parquet", shard_size=3), tmp_path / "b",
+            progress=False)  # fmt: skip
+    df = pd.read_parquet(sorted(str(p) for p in (tmp_path / "b").glob("*.parquet")))
+    assert df["seed"].tolist() == list(range(1, 8)) and set(df["label"]) == {5}
 
 
 def test_parquet_shards_load_in_a_torch_dataloader(tmp_path, g):
