@@ -144,9 +144,11 @@ class Job:
         self.save(self.manifest_bytes())
 
     def add_shard(self, name: str, digest: str) -> None:
-        """Note a finished shard in memory only; ``save`` writes it."""
-        shards = dict(sorted({**self.record["shards"], name: digest}.items()))
-        self.record.update(shards=shards, complete=len(shards) == self.plan["n_shards"])
+        """Note a finished shard in memory only (O(1): job.json's keys are sorted when it is
+        written); ``save`` writes it."""
+        shards = self.record["shards"]
+        shards[name] = digest
+        self.record["complete"] = len(shards) == self.plan["n_shards"]
 
     def manifest_bytes(self) -> bytes:
         """job.json's bytes as the record stands."""
