@@ -213,6 +213,22 @@ def test_the_actor_pool_fits_the_cluster():
 # On Ray -----------------------------------------------------------------------------------
 
 
+def test_ray_listens_on_loopback_only(ray_local):
+    """The tests' Ray (conftest.py): its GCS address and every socket its processes (GCS,
+    raylet, workers) listen on are 127.0.0.1, never the machine's other addresses."""
+    ray_local.get(ray_local.remote(lambda: 0).remote())  # a worker process too
+    assert ray_local.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    listening = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            conns = child.connections(kind="inet")
+        except psutil.Error:
+            continue
+        listening |= {(child.name(), c.laddr.ip) for c in conns if c.status == psutil.CONN_LISTEN}
+    assert {name for name, _ in listening} >= {"gcs_server", "raylet"}, listening
+    assert {ip for _, ip in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+
+
 def test_actors_beyond_the_cluster_are_refused(ray_local, tmp_path, capsys, model):
     out = tmp_path / "job"
     argv = ["generate", model, "--per-class", "2", "--out", str(out), "--ray", "--actors"]
