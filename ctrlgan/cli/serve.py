@@ -181,7 +181,6 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
     """`ctrlgan serve --ray`: join (or start) a Ray cluster, deploy the server on Ray Serve,
     wait for SIGINT or SIGTERM, then delete the application (Ray drains each replica within
     --drain-timeout) and exit 0."""
-    import logging
     import signal
     import threading
 
@@ -194,6 +193,7 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
         from ray.exceptions import RayError
         from ray.serve.exceptions import RayServeException
 
+        from ctrlgan.integrations import ray as ray_jobs
         from ctrlgan.integrations import ray_serve
     except ImportError as e:
         raise InvalidRequest("ray", f"needs Ray Serve: pip install 'ctrlgan[ray]' ({e})") from None
@@ -219,15 +219,8 @@ def run_on_ray(args: argparse.Namespace, key: str | None, replicas: int, announc
     previous = {}
     started = False
     try:
-        if not ray.is_initialized():
-            local = {"include_dashboard": False} if address == "local" else {}
-            try:
-                ray.init(address=address, logging_level=logging.WARNING, **local)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise InvalidRequest(
-                    "ray", f"cannot connect to Ray at {address}: {summary(e)}"
-                ) from None
-            started = True
+        # a new local Ray, or the cluster at ADDRESS (one that does not answer: one line, fast)
+        started = ray_jobs.connect(ray, address)
         try:
             serve.start(http_options={"host": args.host, "port": args.port})
             serve.run(application, name=ray_serve.DEFAULT_NAME, route_prefix="/")

@@ -117,7 +117,7 @@ def generate(
         with open_job(g, spec, out_dir, backend=backend) as job:
             if not job.todo:
                 return job.result(time.perf_counter() - t0)
-    started = _connect(ray, address)
+    started = connect(ray, address)
     try:
         n, resources, threads = _actor_pool(ray, backend, actors)
         with open_job(g, spec, out_dir, backend=backend) as job, progress_bar(job, progress) as bar:
@@ -347,14 +347,17 @@ def _is_ray_error(error: BaseException) -> bool:
 # The cluster ----------------------------------------------------------------------------------
 
 
-def _connect(ray, address: str | None) -> bool:
-    """Connect to Ray as ``address`` says; True when this call started the session."""
+def connect(ray, address: str | None) -> bool:
+    """Connect to Ray as ``address`` says (None or "local": a new local Ray; "auto",
+    host:port or ray://host:port: a running cluster); True when this call started the
+    session. An address that does not answer is refused within CONNECT_TIMEOUT_S, as one
+    InvalidRequest, before Ray's own retries (minutes for host:port, 30 s for ray://)."""
     if ray.is_initialized():
         return False
     address = "local" if address is None else address
     if not isinstance(address, str) or not address.strip():
         raise InvalidRequest("ray", f"expected a Ray address, got {address!r}")
-    if address not in ("local", "auto") and not address.startswith("ray://"):
+    if address not in ("local", "auto"):
         _check_reachable(address)
     local = {"include_dashboard": False} if address == "local" else {}
     try:
@@ -367,8 +370,8 @@ def _connect(ray, address: str | None) -> bool:
 
 
 def _check_reachable(address: str) -> None:
-    """A host:port that does not answer fails here in seconds, not after Ray's long retries."""
-    host, sep, port = address.rpartition(":")
+    """A host:port (or ray://host:port) that does not answer fails here in seconds."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidRequest(
             "ray", f"{address!r} is not a Ray address: give host:port, auto or ray://host:port"

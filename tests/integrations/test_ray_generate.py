@@ -113,6 +113,8 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch,
         ("127.0.0.1:1", ["ray", "no Ray cluster answers at 127.0.0.1:1", "ray start --head"]),
         ("no-port", ["ray", "'no-port' is not a Ray address", "host:port"]),
         ("host:99999", ["ray", "is not a Ray address"]),
+        ("ray://127.0.0.1:1", ["ray", "no Ray cluster answers at ray://127.0.0.1:1"]),
+        ("ray://nowhere", ["ray", "'ray://nowhere' is not a Ray address"]),
     ],
 )
 def test_a_bad_address_is_one_line_and_writes_nothing(
@@ -276,7 +278,7 @@ def test_two_actors_from_the_cli_make_the_local_jobs_bytes(ray_local, tmp_path, 
     assert "wrote 6 shard(s)" in text and "21 images" in text
     assert tree(out) == local(with_(SPEC, format="webdataset"))
     # A complete job is verified without Ray: no session is started or joined for it.
-    monkeypatch.setattr(ray_jobs, "_connect", lambda *a: pytest.fail("Ray was not needed"))
+    monkeypatch.setattr(ray_jobs, "connect", lambda *a: pytest.fail("Ray was not needed"))
     code, text, err = run(capsys, *argv)
     assert code == 0 and "already complete" in text, err
 

@@ -262,6 +262,30 @@ def test_cli_ray_bad_flags(capsys, argv, words):
     assert_one_line_error(code, err, "ctrlgan serve: error:", *words)
 
 
+@pytest.mark.parametrize(
+    "address, words",
+    [("127.0.0.1:1", ["no Ray cluster answers at 127.0.0.1:1"]),
+     ("ray://127.0.0.1:1", ["no Ray cluster answers at ray://127.0.0.1:1"]),
+     ("no-port", ["'no-port' is not a Ray address"])],
+)  # fmt: skip
+def test_cli_ray_bad_address_is_one_line_within_seconds(capsys, monkeypatch, address, words):
+    """As `generate --ray`: an address that does not answer is refused before ray.init (whose
+    retries take minutes for host:port and print Ray's log lines)."""
+    import time
+
+    import ray
+
+    from ctrlgan.integrations.ray import CONNECT_TIMEOUT_S
+    from tests.test_cli import assert_one_line_error, run
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as a fresh process would be
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init must not be reached"))
+    t0 = time.monotonic()
+    code, _, err = run(capsys, "serve", "digits", "--ray", address, "--port", "1")
+    assert_one_line_error(code, err, "ctrlgan serve: error:", "ray", *words)
+    assert time.monotonic() - t0 < CONNECT_TIMEOUT_S + 5
+
+
 def test_cli_serves_on_its_own_ray_and_drains_on_sigterm(tmp_path, generator):
     """`ctrlgan serve digits --ray`: a local Ray of its own, the API on the given
     127.0.0.1 port (images exact), then SIGTERM: the application is deleted, Ray stops, exit 0.
