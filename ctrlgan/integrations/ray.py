@@ -113,19 +113,23 @@ def generate(
     if actors is not None:
         actors = validate.integer(actors, "actors", 1, 100_000)
     describe(g, spec, backend)  # a bad job is refused before Ray starts
-    if (Path(out_dir) / JOB_FILE).exists():  # a finished job is verified without Ray
-        with open_job(g, spec, out_dir, backend=backend) as job:
+    with contextlib.ExitStack() as stack:
+        job = None
+        # A job begun before is opened (its shards verified, once) before Ray: a finished one
+        # needs no Ray. A new one is created only once Ray answers: a bad address writes
+        # nothing.
+        if (Path(out_dir) / JOB_FILE).exists():
+            job = stack.enter_context(open_job(g, spec, out_dir, backend=backend))
             if not job.todo:
                 return job.result(time.perf_counter() - t0)
-    started = connect(ray, address)
-    try:
+        if connect(ray, address):
+            stack.callback(ray.shutdown)
+        if job is None:
+            job = stack.enter_context(open_job(g, spec, out_dir, backend=backend))
         n, resources, threads = _actor_pool(ray, backend, actors)
-        with open_job(g, spec, out_dir, backend=backend) as job, progress_bar(job, progress) as bar:
+        with progress_bar(job, progress) as bar:
             if job.todo:
                 _run_pipeline(ray, g, job, spec.batch_size, backend, n, resources, threads, bar)
-    finally:
-        if started:
-            ray.shutdown()
     return job.result(time.perf_counter() - t0)
 
 

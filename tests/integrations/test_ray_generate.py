@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import psutil
@@ -22,6 +23,7 @@ import ctrlgan
 from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
 from ctrlgan.export import onnx as export
 from ctrlgan.integrations import ray as ray_jobs
+from ctrlgan.runtime import jobs
 from ctrlgan.runtime.jobs import JobSpec, read_shard, run_job
 from tests.runtime.test_jobs import tree
 from tests.test_cli import assert_one_line_error, run
@@ -322,9 +324,10 @@ def test_a_killed_actor_is_retried_without_losing_or_duplicating_a_shard(
 
 
 def test_a_killed_driver_resumes_from_the_recorded_shards(ray_local, tmp_path, capsys, model,
-                                                          local):  # fmt: skip
+                                                          local, monkeypatch):  # fmt: skip
     """A driver joins this Ray by its address, is SIGKILLed once job.json lists a shard; the
-    same job continued (here from Python, with 2 actors) ends equal to the local one."""
+    same job continued (here from Python, with 2 actors) ends equal to the local one, having
+    read each recorded shard once to verify it (a job may be terabytes)."""
     address = ray_local.get_runtime_context().gcs_address
     for attempt in range(3):
         out = tmp_path / f"job{attempt}"
@@ -351,7 +354,15 @@ def test_a_killed_driver_resumes_from_the_recorded_shards(ray_local, tmp_path, c
     else:
         pytest.fail("the driver always finished before it could be killed")
     spec = with_(SPEC, classes=list(range(10)), per_class=per_class, shard_size=50)
+    verified = Counter()
+
+    def digest(path, fmt, real=jobs.shard_digest):
+        verified[path.name] += 1
+        return real(path, fmt)
+
+    monkeypatch.setattr(jobs, "shard_digest", digest)
     result = ray_jobs.generate(model, spec, out, actors=2, progress=False)
+    assert set(verified) == set(at_kill["shards"]) and set(verified.values()) == {1}, verified
     assert result.done_before == len(at_kill["shards"]) and result.complete
     assert result.done_before + len(result.written) == result.n_shards
     assert tree(out) == local(spec)
