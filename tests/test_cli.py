@@ -1,4 +1,5 @@
 import json
+import re
 from dataclasses import fields
 
 import numpy as np
@@ -89,6 +90,16 @@ def test_train_help_documents_every_option(capsys):
         if f.name != "command":
             assert "--" + f.name.replace("_", "-") in text, f.name
     assert "--threads" in text and "--quiet" in text
+
+
+@pytest.mark.parametrize("command", ["generate", "serve", "sample", "train", "export"])
+def test_help_states_each_default_once(capsys, command):
+    code, text, _ = run(capsys, command, "--help")
+    assert code == 0
+    assert "(default: None)" not in text
+    options = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    for option in options:
+        assert option.count("default") <= 1, option
 
 
 @pytest.mark.parametrize(

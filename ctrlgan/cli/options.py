@@ -35,13 +35,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless the help already says it or there is
+    none: no "(default: None)", "(default: [])" or "(default 1) (default: None)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default == [] or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def command(sub, name: str, help: str, description: str, **kwargs) -> argparse.ArgumentParser:
     """A sub-command's parser, with defaults shown in its --help."""
     return sub.add_parser(
         name,
         help=help,
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
         **kwargs,
     )
 
