@@ -75,17 +75,29 @@ def with_(spec: JobSpec, **changes) -> JobSpec:
 
 
 def actor_pids() -> set[int]:
-    """The live processes of this job's Ray actors (their title names the UDF)."""
+    """The live processes of this job's Ray actors (their title names the UDF): only those of
+    this test session's Ray, whose processes descend from this one (never another user's)."""
     pids = set()
-    for p in psutil.process_iter(["cmdline", "status"]):
+    for p in psutil.Process().children(recursive=True):
         try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and "_ShardMaker" in " ".join(
-                p.info["cmdline"] or []
-            ):
+            if p.status() != psutil.STATUS_ZOMBIE and "_ShardMaker" in " ".join(p.cmdline()):
                 pids.add(p.pid)
         except psutil.Error:
             pass
     return pids
+
+
+def test_actor_pids_are_this_sessions_only():
+    """A process titled like an actor that this session did not start (another user's Ray,
+    e.g. a CI run of these tests beside this one) is never a candidate for SIGKILL."""
+    orphan = "import subprocess as s, sys; print(s.Popen([sys.executable, '-c', 'import time; " \
+        "time.sleep(60)', '_ShardMaker'], stdout=s.DEVNULL, stderr=s.DEVNULL).pid)"  # fmt: skip
+    pid = int(subprocess.run([sys.executable, "-c", orphan], capture_output=True).stdout)
+    try:  # its parent exited: it is nobody's child here, as a foreign Ray's actor would be
+        assert "_ShardMaker" in " ".join(psutil.Process(pid).cmdline())
+        assert pid not in actor_pids()
+    finally:
+        os.kill(pid, signal.SIGKILL)
 
 
 def recorded(out) -> dict:
