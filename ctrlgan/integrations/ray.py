@@ -124,9 +124,9 @@ def generate(
                 return job.result(time.perf_counter() - t0)
         if connect(ray, address):
             stack.callback(ray.shutdown)
+        n, resources, threads = _actor_pool(ray, backend, actors)  # before a new OUT is made
         if job is None:
             job = stack.enter_context(open_job(g, spec, out_dir, backend=backend))
-        n, resources, threads = _actor_pool(ray, backend, actors)
         with progress_bar(job, progress) as bar:
             if job.todo:
                 _run_pipeline(ray, g, job, spec.batch_size, backend, n, resources, threads, bar)
