@@ -25,8 +25,9 @@ Failures. A killed driver leaves job.json listing the shards whose rows came bac
 command continues from those (a shard written but not yet recorded is made again, to the same
 bytes). An actor that dies is restarted by Ray and its shard retried (Ray Data's actor pools
 retry without limit); the shard is written atomically, so a retry replaces, never duplicates,
-and the driver records each shard once. An error inside an actor (a full disk, a model that
-differs on a node) ends the job with that error, one line; what was recorded stays.
+and the driver records each shard once. An error inside an actor (a full disk; a model, or a
+Pillow or pyarrow version, that differs on a node: other bytes) ends the job with that error,
+one line; what was recorded stays.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from ctrlgan.runtime.jobs import (
     open_job,
     progress_bar,
 )
+from ctrlgan.runtime.shards import encoders
 
 EXTRA = "ctrlgan[ray]"
 MAX_BLOCKS = 4096  # blocks (tasks) at most: beyond as many shards, a task makes several
@@ -136,9 +138,9 @@ def generate(
 class _ShardMaker:
     """One actor of the pool: loads the model once, then makes and writes whole shards."""
 
-    def __init__(self, model, backend, max_batch, threads, plan, batch_size, out):
+    def __init__(self, model, backend, max_batch, threads, plan, batch_size, out, encoders):
         import ctrlgan
-        from ctrlgan.runtime import jobs
+        from ctrlgan.runtime import jobs, shards
 
         self.plan, self.batch_size, self.out = plan, batch_size, Path(out)
         # A failure here is raised by the first call instead: Ray reports an error in an
@@ -150,6 +152,14 @@ class _ShardMaker:
                 self.g = ctrlgan.load(model, backend=backend, max_batch=max_batch, threads=threads)
                 if jobs._model_files(self.g, backend) != plan["model_files"]:
                     raise ArtifactError(model, "differs on this node from the job's model")
+                here = shards.encoders(plan["format"])
+                if here != encoders:  # other PNG or parquet bytes than the driver's
+                    raise InvalidRequest(
+                        "ray",
+                        f"{_versions(here)} on {socket.gethostname()} but "
+                        f"{_versions(encoders)} on the driver: its {plan['format']} shards "
+                        "would differ from the driver's; install the same versions on every node",
+                    )
         except ActorError as e:
             self.error = e
 
@@ -191,6 +201,10 @@ class ActorError(CtrlganError):
         if self.errno is not None:
             return OSError(self.errno, message, self.filename)
         return ActorError(message)
+
+
+def _versions(libraries: dict[str, str]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in libraries.items())
 
 
 @contextlib.contextmanager
@@ -236,6 +250,7 @@ def _run_pipeline(ray, g, job, batch_size, backend, n, resources, threads, bar) 
                 "plan": job.plan,
                 "batch_size": batch_size,
                 "out": str(job.out.resolve()),
+                "encoders": encoders(job.plan["format"]),
             },
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n),

@@ -21,7 +21,8 @@ A shard's digest is the sha256 of its file; of a png folder, the sha256 of its s
 temporary name beside it, fsync'd, renamed into place, the directory fsync'd.
 
 The PNG bytes are Pillow's (compress level 6) and the parquet file pyarrow's: a resumed job
-gives bytes equal to an uninterrupted one when both run with the same Pillow and pyarrow.
+gives bytes equal to an uninterrupted one when both run with the same Pillow and pyarrow
+(``encoders``; Ray actors refuse to write with other versions than their driver's).
 """
 
 from __future__ import annotations
@@ -49,6 +50,23 @@ PNG_MIN_BYTES = 67  # the smallest possible PNG file: a lower bound per image
 NPZ_SHARD_OVERHEAD = 4096  # zip and .npy headers of one shard, rounded up
 TAR_IMAGE_MIN_BYTES = 6 * 512  # three entries of a header and at least one data block each
 TAR_SHARD_OVERHEAD = 10240  # the end-of-archive blocks, padded to a tar record
+
+
+def encoders(fmt: str) -> dict[str, str]:
+    """The libraries besides numpy whose output a shard of ``fmt`` holds, with their versions
+    here (Pillow and its zlib for the PNGs, pyarrow for parquet): equal versions write equal
+    bytes; a process with other versions would write other ones."""
+    if fmt == "npz":
+        return {}
+    import PIL
+    from PIL import features
+
+    found = {"Pillow": PIL.__version__, "zlib": features.version("zlib") or "?"}
+    if fmt == "parquet":
+        import pyarrow
+
+        found["pyarrow"] = pyarrow.__version__
+    return found
 
 
 def shard_name(k: int, fmt: str) -> str:

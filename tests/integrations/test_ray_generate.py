@@ -23,8 +23,8 @@ import ctrlgan
 from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
 from ctrlgan.export import onnx as export
 from ctrlgan.integrations import ray as ray_jobs
-from ctrlgan.runtime import jobs
-from ctrlgan.runtime.jobs import JobSpec, read_shard, run_job
+from ctrlgan.runtime import jobs, shards
+from ctrlgan.runtime.jobs import JobSpec, describe, read_shard, run_job
 from tests.runtime.test_jobs import tree
 from tests.test_cli import assert_one_line_error, run
 
@@ -224,6 +224,24 @@ def test_the_actor_pool_fits_the_cluster():
         pool(Cluster([16]), "triton", None)
     with pytest.raises(ctrlgan.errors.InvalidRequest, match="actors: 3 actors of a CPU each"):
         pool(Cluster([2]), "torch", 3)
+
+
+def test_an_actor_with_other_png_or_parquet_libraries_than_the_driver_refuses(tmp_path, g,
+                                                                              model):  # fmt: skip
+    """A node whose Pillow, zlib or pyarrow differs from the driver's would write other bytes:
+    its actor's first call raises, naming the versions, and writes nothing. (The actor class,
+    run here in-process: the check needs no cluster.)"""
+    plan = describe(g, with_(SPEC, format="parquet"))
+    driver = {**shards.encoders("parquet"), "pyarrow": "0.0.1"}
+    maker = ray_jobs._ShardMaker(model, "onnxruntime", g.max_batch, 1, plan, 4, str(tmp_path),
+                                 driver)  # fmt: skip
+    with pytest.raises(ray_jobs.ActorError, match=r"pyarrow 0\.0\.1 on the driver"):
+        maker({"shard": np.array([0]), "start": np.array([0]), "stop": np.array([4])})
+    assert list(tmp_path.iterdir()) == []
+    same = ray_jobs._ShardMaker(model, "onnxruntime", g.max_batch, 1, plan, 4, str(tmp_path),
+                                shards.encoders("parquet"))  # fmt: skip
+    assert same({"shard": np.array([0]), "start": np.array([0]), "stop": np.array([4])})["name"]
+    assert shards.encoders("npz") == {} and "pyarrow" not in shards.encoders("webdataset")
 
 
 # On Ray -----------------------------------------------------------------------------------
