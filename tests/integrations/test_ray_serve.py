@@ -41,12 +41,13 @@ from tests.serve.test_clients import (  # noqa: F401
 )
 from tests.serve.test_limits import test_bearer_scheme_in_any_case  # noqa: F401
 from tests.serve.test_server import (  # noqa: F401
+    INFER,
+    storm,
     test_queue_full_is_429_and_accepted_requests_are_exact,
     test_tiny_timeout_is_504,
 )
 from tests.serve.wire import assert_error, infer_body, output
 
-INFER = "/v2/models/digits/infer"
 WAIT = 60.0
 REPLICA = {"backend": "onnxruntime", "threads": "1", "num_cpus": "0.25"}
 
@@ -126,14 +127,6 @@ def generator():
     import ctrlgan
 
     return ctrlgan.load("digits", backend="onnxruntime")
-
-
-async def storm(url: str, requests: list[tuple[list, list]]) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=len(requests))
-    async with httpx.AsyncClient(base_url=url, timeout=WAIT, limits=limits) as client:
-        calls = [client.post(INFER, json=infer_body(c, s, outputs=[{"name": "image_uint8"}]))
-                 for c, s in requests]  # fmt: skip
-        return await asyncio.wait_for(asyncio.gather(*calls), WAIT)
 
 
 def test_both_replicas_answer_and_every_image_is_exact(server, generator):
