@@ -63,6 +63,7 @@ from ctrlgan.runtime.shards import (  # noqa: F401  (read_shard and LABELS_CSV: 
     LABELS_CSV,
     min_bytes,
     read_shard,
+    require_writer,
     shard_digest,
     shard_name,
     write_shard,
@@ -288,6 +289,7 @@ def describe(g, spec: JobSpec, backend: str | None = None) -> dict:
     """Check the spec against the generator; the job's plan: its identity (job.json less
     _MUTABLE). ``backend``: the one that makes the images, when not ``g``'s."""
     validate.choice(spec.format, "format", FORMATS)
+    require_writer(spec.format)
     per_class = validate.integer(spec.per_class, "per_class", 1, MAX_JOB_IMAGES)
     shard_size = validate.integer(spec.shard_size, "shard_size", 1, MAX_JOB_IMAGES)
     batch_size = validate.integer(spec.batch_size, "batch_size", 1)

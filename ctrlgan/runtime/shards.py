@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ctrlgan._fs import TMP_PREFIX, fsync_path, make_readable, naming, write_atomic
+from ctrlgan.errors import InvalidRequest
 
 FORMATS = ("npz", "png", "parquet", "webdataset")
 SUFFIXES = {"npz": ".npz", "png": "", "parquet": ".parquet", "webdataset": ".tar"}
@@ -50,6 +51,18 @@ PNG_MIN_BYTES = 67  # the smallest possible PNG file: a lower bound per image
 NPZ_SHARD_OVERHEAD = 4096  # zip and .npy headers of one shard, rounded up
 TAR_IMAGE_MIN_BYTES = 6 * 512  # three entries of a header and at least one data block each
 TAR_SHARD_OVERHEAD = 10240  # the end-of-archive blocks, padded to a tar record
+
+
+def require_writer(fmt: str) -> None:
+    """Refuse a format whose writer is not installed here (parquet needs pyarrow, which
+    ctrlgan does not depend on), before a job creates anything."""
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise InvalidRequest(
+                "format", "parquet needs pyarrow, which is not installed here: pip install pyarrow"
+            ) from None
 
 
 def encoders(fmt: str) -> dict[str, str]:

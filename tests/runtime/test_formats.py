@@ -3,6 +3,7 @@ back the ways docs/generate-at-scale.md shows: pandas, pyarrow and a PyTorch Dat
 
 import io
 import json
+import sys
 import tarfile
 
 import numpy as np
@@ -166,6 +167,20 @@ def test_a_bad_format_is_one_line_naming_the_choices(tmp_path, capsys, model):
         run_job(ctrlgan.load(str(model), backend="torch"), JobSpec([1], 1, format="csv"),
                 tmp_path / "api", progress=False)  # fmt: skip
     assert not (tmp_path / "job").exists() and not (tmp_path / "api").exists()
+
+
+def test_parquet_without_pyarrow_is_one_line_and_writes_nothing(tmp_path, capsys, model,
+                                                                monkeypatch):  # fmt: skip
+    """pyarrow is not a dependency of ctrlgan: without it, --format parquet is refused before
+    OUT is made (not an ImportError traceback after job.json was written)."""
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    out = tmp_path / "job"
+    code, _, err = run(capsys, *small_job(str(model), out, "--format", "parquet"))
+    assert_one_line_error(code, err, "format", "parquet needs pyarrow", "pip install pyarrow")
+    assert not out.exists()
+    code, _, err = run(capsys, *small_job(str(model), out, "--format", "webdataset"))
+    assert code == 0, err  # the other formats need nothing more
 
 
 def test_space_needed_by_the_new_formats_is_checked_before_writing(g, tmp_path, monkeypatch):
