@@ -124,11 +124,16 @@ def generate(
             job = stack.enter_context(open_job(g, spec, out_dir, backend=backend))
             if not job.todo:
                 return job.result(time.perf_counter() - t0)
-        if connect(ray, address):
-            stack.callback(ray.shutdown)
-        n, resources, threads = _actor_pool(ray, backend, actors)  # before a new OUT is made
-        if job is None:
-            job = stack.enter_context(open_job(g, spec, out_dir, backend=backend))
+        started = connect(ray, address)
+        try:
+            n, resources, threads = _actor_pool(ray, backend, actors)  # before a new OUT is made
+            if job is None:
+                job = stack.enter_context(open_job(g, spec, out_dir, backend=backend))
+        finally:
+            # stopped before open_job's exit removes the temporaries: no actor of a failed
+            # pipeline is left to write one after that
+            if started:
+                stack.callback(ray.shutdown)
         with progress_bar(job, progress) as bar:
             if job.todo:
                 _run_pipeline(ray, g, job, spec.batch_size, backend, n, resources, threads, bar)

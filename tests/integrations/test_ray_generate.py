@@ -162,6 +162,28 @@ def test_other_bad_arguments_are_one_line(tmp_path, capsys, model):
     assert not os.path.exists(out)
 
 
+def test_a_failed_job_stops_its_ray_before_removing_temporaries(tmp_path, monkeypatch, model):
+    """A Ray this call started is shut down (its actors with it) before the job's exit removes
+    the temporaries: an actor of a failed pipeline cannot leave one behind afterwards."""
+    import ray
+
+    calls = []
+    monkeypatch.setattr(ray_jobs, "connect", lambda ray, address: True)  # "started" a Ray
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("ray.shutdown"))
+    monkeypatch.setattr(ray_jobs, "_actor_pool", lambda *a: (1, {"num_cpus": 1}, 1))
+    real = jobs._remove_temporaries
+    monkeypatch.setattr(jobs, "_remove_temporaries",
+                        lambda out: (calls.append("remove temporaries"), real(out)))  # fmt: skip
+
+    def fail(*args):
+        raise OSError(28, "No space left on device", "shard_00000.npz")
+
+    monkeypatch.setattr(ray_jobs, "_run_pipeline", fail)
+    with pytest.raises(OSError, match="No space"):
+        ray_jobs.generate(model, SPEC, tmp_path / "job", progress=False)
+    assert calls == ["remove temporaries", "ray.shutdown", "remove temporaries"]
+
+
 def test_no_module_imports_ray_at_module_level():
     """Ray is an optional extra: no module of ctrlgan imports it when imported itself (only
     inside the functions that need it), so that everything else works without it and
