@@ -104,12 +104,15 @@ class TritonBackend:
         """The images as a float16 CUDA tensor [N, C, H, W] (a copy of the graph's output, the
         stream synchronised): the work of ``__call__`` without the float32 host copy-out. Rows
         beyond the largest bucket run in chunks of it, as ``Generator.run`` does for a call."""
-        n, chunk = len(rows), self.chunk
-        if n <= chunk:
-            return self._run(rows, host=False)
-        return torch.cat(
-            [self._run(rows.slice(i, min(i + chunk, n)), host=False) for i in range(0, n, chunk)]
-        )
+        n, chunk, caller = len(rows), self.chunk, torch.cuda.current_stream(self.device)
+        parts = []
+        for i in range(0, n, chunk):
+            part = self._run(rows.slice(i, min(i + chunk, n)), host=False)
+            # made on self.stream, read on the caller's: the allocator must not hand its memory
+            # to a later call on self.stream while the caller's stream may still read it
+            part.record_stream(caller)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _run(self, rows: Rows, host: bool):
         from ctrlgan.kernels import latent
