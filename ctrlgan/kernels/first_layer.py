@@ -32,9 +32,9 @@ from ctrlgan.kernels.latent import (
 )
 
 
-# B and B_BUCKET are not specialised: Triton would otherwise compile each config again for
-# B == 1 and for B divisible by 16 (three compiles per config; measured on an H200, 2026-11-29),
-# and B only bounds the row mask.
+# B and B_BUCKET are not specialised: Triton specialises integer arguments on == 1 and on
+# divisibility by 16, so the batch buckets 1, 2-8 and >= 16 would compile each config three
+# times (first calls took 5-21 s a variant on an H200, 2026-11-29); B only bounds the row mask.
 @triton.jit(do_not_specialize=["B", "B_BUCKET"])
 def _first_layer_kernel(
     h_ptr,
