@@ -17,14 +17,12 @@ from collections import Counter
 import numpy as np
 import psutil
 import pytest
-import torch
 
 import ctrlgan
-from ctrlgan.artifact import DIRECTIONS, Artifact, write_artifact
-from ctrlgan.export import onnx as export
 from ctrlgan.integrations import ray as ray_jobs
 from ctrlgan.runtime import jobs, shards
 from ctrlgan.runtime.jobs import JobSpec, describe, read_shard, run_job
+from tests.runtime.conftest import steered_model
 from tests.runtime.test_jobs import tree
 from tests.test_cli import assert_one_line_error, run
 
@@ -37,14 +35,7 @@ SPEC = JobSpec(classes=[7, 2, 5], per_class=7, seed=100, steer={"up": 1.5}, trun
 def model(tmp_path_factory, tiny_model):
     """The tiny model with two directions, exported: "auto" picks onnxruntime here, whose
     actors start without importing torch (1-2 s less per actor on 2 busy cores)."""
-    path = tmp_path_factory.mktemp("steered") / "model"
-    shutil.copytree(tiny_model.artifact.path, path)
-    manifest = Artifact.open(path).manifest
-    manifest.directions = ["up", "left"]
-    torch.manual_seed(5)
-    write_artifact(path, manifest, tensors={DIRECTIONS: {"directions": torch.randn(2, 12)}})
-    export.export(path)
-    return str(path)
+    return str(steered_model(tmp_path_factory, tiny_model, seed=5))
 
 
 @pytest.fixture(scope="module")
